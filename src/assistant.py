@@ -1,0 +1,38 @@
+"""Stage `assistant`: the teacher-assistant chain; assistant i is distilled from model i-1 at temperature T.
+
+Writes models/assistants/chain.json listing the chain in order (an empty list when chain_length = 0).
+"""
+import shutil
+
+from robustkd.io import atomic_write_json
+from robustkd.methods import METHODS
+from robustkd.pipeline import (ASSISTANTS_DIR, CHAIN_MANIFEST, LIVE_DIR, MODELS_DIR, load_model,
+                               load_training_data, run_stage, train_role)
+
+
+def main(params: dict) -> None:
+    meta, train_data, val_data = load_training_data()
+    method = METHODS[params["method"]]
+    # DVC removes a stage's outputs before running it; clear leftovers of a manual run too.
+    shutil.rmtree(ASSISTANTS_DIR, ignore_errors=True)
+    ASSISTANTS_DIR.mkdir(parents=True)
+    previous_path = MODELS_DIR / "teacher.pt"
+    names = []
+    for i in range(1, params["chain_length"] + 1):
+        role = f"assistant_{i}"
+        previous, _ = load_model(previous_path)
+        out_path = ASSISTANTS_DIR / f"{role}.pt"
+        train_role(role, params["assistant"], params["seed"] + i, method.distill_loss(params, params["assistant"], previous),
+                   out_path, LIVE_DIR / "assistants" / role, meta, train_data, val_data,
+                   extra_info={"method": params["method"], "temperature": params["temperature"],
+                               "distilled_from": previous_path.stem, "kd_lambda": params["assistant"]["kd_lambda"]},
+                   upstream=[previous_path])
+        names.append(out_path.name)
+        previous_path = out_path
+    (LIVE_DIR / "assistants").mkdir(parents=True, exist_ok=True)
+    atomic_write_json(CHAIN_MANIFEST, {"assistants": names})
+    print(f"[assistant] chain of {len(names)} assistant(s): {names}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

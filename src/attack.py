@@ -1,0 +1,69 @@
+"""Stage `attack`: run the attack suite on every model of the chain; per-point results -> results/attack/.
+
+Also draws plots/adversarial_examples.png (clean vs adversarial images with each model's prediction).
+"""
+import shutil
+from pathlib import Path
+
+import torch
+
+from robustkd import attacks, data, evaluation, plotting
+from robustkd.errors import ParamsError
+from robustkd.io import atomic_write_json
+from robustkd.pipeline import MODELS_DIR, PREPARED_DIR, chain_paths, load_model, run_stage
+from robustkd.training import pick_device, to_float
+
+RESULTS_DIR = Path("results/attack")
+
+
+def model_paths() -> dict[str, Path]:
+    """Every evaluated model in chain order: teacher, assistant_1..k, student."""
+    chain = chain_paths()
+    return {"teacher": MODELS_DIR / "teacher.pt", **{p.stem: p for p in chain}, "student": MODELS_DIR / "student.pt"}
+
+
+def main(params: dict) -> None:
+    cfg = params["attack"]
+    meta = data.load_meta(PREPARED_DIR)
+    x_u8, y = data.load_split(PREPARED_DIR, "test")
+    n_points = len(y) if cfg["n_points"] is None else cfg["n_points"]
+    if n_points > len(y):
+        raise ParamsError(f"`attack.n_points` = {n_points}: the prepared test set has only {len(y)} images; "
+                          f"lower it or set it to null (whole test set)")
+    device = pick_device()
+    x_test, y_test = to_float(x_u8).to(device), y.to(device)
+    # A seeded subset, stated in the results; the same points for every model and attack.
+    attack_idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg["seed"]))[:n_points].sort().values
+    attack_idx = attack_idx.to(device)
+    surrogate, _ = load_model(MODELS_DIR / "surrogate.pt")
+    with attacks.frozen(surrogate):
+        transfer_adv = evaluation.craft_transfer(surrogate, x_test[attack_idx], y_test[attack_idx], cfg)
+
+    shutil.rmtree(RESULTS_DIR, ignore_errors=True)
+    examples = {}
+    n_ex = cfg["n_example_images"]
+    paths = model_paths()
+    for name, path in paths.items():
+        model, info = load_model(path)
+        with attacks.frozen(model):
+            result = evaluation.evaluate(model, name, x_test, y_test, attack_idx, cfg, transfer_adv)
+            if n_ex:
+                xe, ye = x_test[attack_idx[:n_ex]], y_test[attack_idx[:n_ex]]
+                eps = cfg["headline_eps"]
+                x_adv = attacks.pgd(model, xe, ye, eps=eps, steps=cfg["pgd"]["steps"],
+                                    step_size=cfg["pgd"]["step_size_ratio"] * eps, loss="margin",
+                                    generator=torch.Generator().manual_seed(cfg["seed"]))
+                examples[name] = (x_adv.cpu(), evaluation.predict(model, x_adv, n_ex).cpu(),
+                                  evaluation.predict(model, xe, n_ex).cpu())
+        result.update(info=info, attack_points=attack_idx.tolist(), eps=cfg["eps"], headline_eps=cfg["headline_eps"],
+                      autoattack_version=cfg["autoattack"]["version"], autoattack_attacks=cfg["autoattack"]["attacks"])
+        atomic_write_json(RESULTS_DIR / f"{name}.json", result)
+        print(f"[attack] {name}: clean {result['clean_correct'] / result['n_test']:.4f}")
+    atomic_write_json(RESULTS_DIR / "index.json", {"models": list(paths)})
+    if n_ex:
+        plotting.adversarial_grid(x_test[attack_idx[:n_ex]].cpu(), y_test[attack_idx[:n_ex]].cpu(), examples,
+                                  meta["class_names"], cfg["headline_eps"], Path("plots/adversarial_examples.png"))
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,65 @@
+"""Stage `metrics`: per-model metrics.json, gradient-masking report, plot data (JSON) and PNG figures."""
+import json
+from pathlib import Path
+
+from robustkd import plotting
+from robustkd.diagnostics import summarise
+from robustkd.evaluation import eps_key
+from robustkd.io import atomic_write_json, atomic_write_text
+from robustkd.pipeline import run_stage
+
+RESULTS_DIR = Path("results/attack")
+PLOTS_DIR = Path("plots")
+
+
+def load_results() -> list[dict]:
+    names = json.loads((RESULTS_DIR / "index.json").read_text())["models"]
+    return [json.loads((RESULTS_DIR / f"{n}.json").read_text()) for n in names]
+
+
+def masking_report(metrics: dict, headline_eps: float) -> str:
+    lines = ["# Gradient-masking report", "",
+             "Written by `python src/metrics.py` (stage `metrics`) from results/attack/. Thresholds: params.yaml `metrics.masking`.",
+             ""]
+    for name, m in metrics.items():
+        verdict = "FLAGGED" if m["gradient_masking"] else "not flagged"
+        lines.append(f"## {name}: {verdict}")
+        lines.append(f"clean {100 * m['clean_acc']:.1f}%, worst case at ε={headline_eps:g}: "
+                     f"{100 * m['worst_case_headline']:.1f}%")
+        lines += [f"- {r}" for r in m["masking_reasons"].split(" | ") if r] or ["- no check fired"]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(params: dict) -> None:
+    thresholds = params["metrics"]["masking"]
+    results = load_results()
+    metrics = {r["model"]: summarise(r, thresholds) for r in results}
+    headline = results[0]["headline_eps"]
+    atomic_write_json("metrics.json", metrics)
+    atomic_write_text("results/gradient_masking.md", masking_report(metrics, headline))
+
+    acc_rob = [{"model": n, "clean_acc": m["clean_acc"], "worst_case_acc": m["worst_case_headline"],
+                "autoattack_acc": m["autoattack_headline"]} for n, m in metrics.items()]
+    vs_eps = []
+    for n, m in metrics.items():
+        for attack, per_eps in {**m["robust_acc"], "worst_case": m["worst_case"]}.items():
+            for eps in results[0]["eps"]:
+                if eps_key(eps) in per_eps:
+                    vs_eps.append({"model": n, "attack": attack, "series": f"{n}/{attack}", "eps": eps,
+                                   "robust_acc": per_eps[eps_key(eps)]})
+    sens = [{"model": n, "temperature": m["train_temperature"], "sensitivity_softmax": m["sensitivity_softmax"],
+             "sensitivity_logit": m["sensitivity_logit"]} for n, m in metrics.items()]
+    atomic_write_json(PLOTS_DIR / "accuracy_vs_robustness.json", acc_rob)
+    atomic_write_json(PLOTS_DIR / "robust_vs_eps.json", vs_eps)
+    atomic_write_json(PLOTS_DIR / "sensitivity_vs_temperature.json", sens)
+    plotting.accuracy_vs_robustness(acc_rob, headline, PLOTS_DIR / "accuracy_vs_robustness.png")
+    plotting.robust_vs_eps(vs_eps, PLOTS_DIR / "robust_vs_eps.png")
+    for n, m in metrics.items():
+        flag = "MASKING" if m["gradient_masking"] else "ok"
+        print(f"[metrics] {n}: clean {m['clean_acc']:.4f} worst@{headline:g} {m['worst_case_headline']:.4f} "
+              f"AA {m['autoattack_headline']} [{flag}]")
+
+
+if __name__ == "__main__":
+    run_stage(main)

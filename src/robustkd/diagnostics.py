@@ -1,0 +1,109 @@
+"""Per-model metrics (fixed schema) and the gradient-masking diagnostics of Carlini et al. 2019.
+
+Input: one ``results/attack/<model>.json`` from :func:`robustkd.evaluation.evaluate`.
+Output: a flat-keyed dict for metrics.json plus the masking reasons in words.
+"""
+from __future__ import annotations
+
+import statistics
+
+from .evaluation import AUTOATTACK, BLACK_BOX, FGSM_CE, PGD_CE, PGD_MARGIN, WHITE_BOX, eps_key
+
+STRONG = (PGD_MARGIN, AUTOATTACK)
+
+
+def _acc(points: list[int]) -> float:
+    return round(sum(points) / len(points), 4) if points else 0.0
+
+
+def worst_case_points(linf: dict[str, dict[str, list[int]]], key: str) -> list[int]:
+    """Per point: robust only if every attack run at this ε failed on it."""
+    lists = [per_eps[key] for per_eps in linf.values() if key in per_eps]
+    return [int(all(vals)) for vals in zip(*lists)]
+
+
+def cw_summary(result: dict) -> dict:
+    """Minimal L2 over the points that are correctly classified clean; failures count as infinite."""
+    norms = result["cw_l2"]["l2"]
+    correct = result["attacked_clean_correct"][: len(norms)]
+    found = [n for n, c in zip(norms, correct) if c and n is not None]
+    attempted = sum(correct[: len(norms)])
+    if not attempted:
+        return {"cw_l2_median": None, "cw_l2_mean": None, "cw_l2_success_rate": None}
+    padded = sorted(found) + [float("inf")] * (attempted - len(found))
+    median = statistics.median(padded)
+    return {
+        "cw_l2_median": round(median, 4) if median != float("inf") else None,
+        "cw_l2_mean": round(sum(found) / len(found), 4) if found else None,
+        "cw_l2_success_rate": round(len(found) / attempted, 4),
+    }
+
+
+def masking_reasons(result: dict, thresholds: dict) -> list[str]:
+    linf = result["linf"]
+    eps_list = sorted(result["eps"])
+    acc = {a: {k: _acc(v) for k, v in per_eps.items()} for a, per_eps in linf.items()}
+    reasons = []
+    pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
+    for eps in eps_list:
+        key = eps_key(eps)
+        ce = acc.get(PGD_CE, {}).get(key)
+        strong = {a: acc[a][key] for a in STRONG if key in acc.get(a, {})}
+        if ce is not None and strong:
+            best = min(strong, key=strong.get)
+            if ce - strong[best] > thresholds["strong_vs_ce_margin"]:
+                reasons.append(f"ε={eps:g}: {best} leaves {pct(strong[best])} but softmax-CE PGD leaves {pct(ce)}; "
+                               f"a {100 * (ce - strong[best]):.1f}-point gap (> {100 * thresholds['strong_vs_ce_margin']:.0f}) "
+                               f"means the softmax-CE gradient is masked (saturated softmax)")
+        white = {a: acc[a][key] for a in WHITE_BOX if key in acc.get(a, {})}
+        black = {a: acc[a][key] for a in BLACK_BOX if key in acc.get(a, {})}
+        if white and black:
+            bw, bb = min(white, key=white.get), min(black, key=black.get)
+            if white[bw] - black[bb] > thresholds["transfer_margin"]:
+                reasons.append(f"ε={eps:g}: black-box {bb} ({pct(black[bb])}) beats the best white-box attack "
+                               f"{bw} ({pct(white[bw])})")
+        fgsm, pgd = acc.get(FGSM_CE, {}).get(key), acc.get(PGD_CE, {}).get(key)
+        if fgsm is not None and pgd is not None and pgd - fgsm > thresholds["fgsm_margin"]:
+            reasons.append(f"ε={eps:g}: single-step FGSM ({pct(fgsm)}) beats iterative PGD ({pct(pgd)}) with the same loss")
+    for attack, per_eps in acc.items():
+        curve = [(e, per_eps[eps_key(e)]) for e in eps_list if eps_key(e) in per_eps]
+        for (e0, a0), (e1, a1) in zip(curve, curve[1:]):
+            if a1 - a0 > thresholds["monotonic_tolerance"]:
+                reasons.append(f"{attack}: robust accuracy rises from {pct(a0)} at ε={e0:g} to {pct(a1)} at ε={e1:g}")
+    largest = eps_list[-1]
+    worst_large = _acc(worst_case_points(linf, eps_key(largest)))
+    if worst_large > thresholds["large_eps_max_acc"]:
+        reasons.append(f"worst-case accuracy is still {pct(worst_large)} at the largest ε={largest:g} "
+                       f"(expected about 0, <= {pct(thresholds['large_eps_max_acc'])})")
+    for eps in eps_list:
+        for flag in result["autoattack_flags"].get(eps_key(eps), []):
+            reasons.append(f"AutoAttack's own check at ε={eps:g}: {flag}")
+    return reasons
+
+
+def summarise(result: dict, thresholds: dict) -> dict:
+    """The fixed per-model metrics schema (see README, "Metrics schema")."""
+    linf, headline = result["linf"], eps_key(result["headline_eps"])
+    worst = {eps_key(e): _acc(worst_case_points(linf, eps_key(e))) for e in sorted(result["eps"])}
+    reasons = masking_reasons(result, thresholds)
+    info = result["info"]
+    return {
+        "role": info["role"],
+        "arch": info["arch"],
+        "method": info["method"],
+        "train_temperature": info["temperature"],
+        "n_test": result["n_test"],
+        "n_attacked": result["n_attacked"],
+        "clean_acc": round(result["clean_correct"] / result["n_test"], 4),
+        "robust_acc": {attack: {k: _acc(v) for k, v in per_eps.items()} for attack, per_eps in linf.items()},
+        "robust_acc_l2": {attack: {k: _acc(v) for k, v in per_eps.items()} for attack, per_eps in result["l2"].items()},
+        "worst_case": worst,
+        "worst_case_headline": worst[headline],
+        "autoattack_headline": _acc(linf[AUTOATTACK][headline]) if headline in linf.get(AUTOATTACK, {}) else None,
+        **cw_summary(result),
+        # 6 significant digits: a distilled model's softmax sensitivity can be ~1e-20.
+        "sensitivity_softmax": float(f"{result['sensitivity']['softmax']:.6g}"),
+        "sensitivity_logit": float(f"{result['sensitivity']['logit']:.6g}"),
+        "gradient_masking": bool(reasons),
+        "masking_reasons": " | ".join(reasons),
+    }

@@ -1,0 +1,145 @@
+"""Run the attack suite on one model and record per-point outcomes.
+
+Everything is kept per point (1 = still correctly classified), so the worst case over attacks is a
+per-point AND, never an average of attack-level numbers. The schema of the saved JSON is documented
+in the README ("Metrics schema").
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from . import attacks
+
+# Attack names, as they appear in results and metrics.
+FGSM_CE = "fgsm_softmax_ce"        # the seed papers' protocol: CE of the deployed softmax (T = 1)
+PGD_CE = "pgd_softmax_ce"          # idem, iterative
+PGD_MARGIN = "pgd_margin"          # CW margin loss on the logits: immune to softmax saturation
+AUTOATTACK = "autoattack"          # official pyautoattack
+SQUARE = "square"                  # score-based black-box
+TRANSFER = "transfer_surrogate"    # PGD crafted on an independent surrogate
+PGD_L2 = "pgd_l2_margin"
+WHITE_BOX = (FGSM_CE, PGD_CE, PGD_MARGIN, AUTOATTACK)
+BLACK_BOX = (SQUARE, TRANSFER)
+
+
+def eps_key(eps: float) -> str:
+    """0.03 -> 'eps_0p03': metric keys carry no dots, so `dvc metrics diff` reads cleanly."""
+    return "eps_" + f"{eps:g}".replace(".", "p").replace("-", "m")
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+
+
+def batched(attack: Callable[..., torch.Tensor], x: torch.Tensor, y: torch.Tensor, batch_size: int,
+            seed: int | None = None, **kwargs) -> torch.Tensor:
+    """Run ``attack`` batch by batch. Each point's random start comes from a generator seeded by
+    (seed, point index), so results do not depend on the batch size."""
+    out = []
+    for i in range(0, len(x), batch_size):
+        if seed is not None:
+            kwargs["generator"] = torch.Generator().manual_seed(seed * 1_000_003 + i)
+        out.append(attack(x=x[i:i + batch_size], y=y[i:i + batch_size], **kwargs))
+    return torch.cat(out)
+
+
+def robust_mask(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, batch_size: int) -> list[int]:
+    return (predict(model, x_adv, batch_size) == y).int().tolist()
+
+
+def sensitivity(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict[str, float]:
+    """Mean over points of ‖∂f_y(x)/∂x‖₁ for the deployed softmax (T = 1) and for the logits.
+
+    Defensive distillation shrinks the first by orders of magnitude (Papernot et al.); the second shows
+    whether the logits themselves became flat or merely larger.
+    """
+    totals = {"softmax": 0.0, "logit": 0.0}
+    model.eval()
+    for i in range(0, len(x), batch_size):
+        xb = x[i:i + batch_size].clone().requires_grad_(True)
+        yb = y[i:i + batch_size]
+        logits = model(xb)
+        true_logit = logits.gather(1, yb[:, None]).sum()
+        true_prob = torch.softmax(logits, 1).gather(1, yb[:, None]).sum()
+        g_logit = torch.autograd.grad(true_logit, xb, retain_graph=True)[0]
+        g_prob = torch.autograd.grad(true_prob, xb)[0]
+        totals["logit"] += g_logit.abs().flatten(1).sum(1).sum().item()
+        totals["softmax"] += g_prob.abs().flatten(1).sum(1).sum().item()
+    return {k: v / len(x) for k, v in totals.items()}
+
+
+def craft_transfer(surrogate: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict[str, torch.Tensor]:
+    """Adversarial examples crafted once on the surrogate, per ε, to be replayed on every model."""
+    out = {}
+    for eps in cfg["eps"]:
+        out[eps_key(eps)] = batched(attacks.transfer, x, y, cfg["batch_size"], seed=cfg["seed"],
+                                    source_model=surrogate, eps=eps, steps=cfg["transfer"]["steps"],
+                                    step_size=cfg["pgd"]["step_size_ratio"] * eps, loss="margin")
+    return out
+
+
+def evaluate(model: nn.Module, name: str, x_test: torch.Tensor, y_test: torch.Tensor, attack_idx: torch.Tensor,
+             cfg: dict, transfer_adv: dict[str, torch.Tensor]) -> dict:
+    """The whole suite on one model. ``x_test`` is float in [0,1]; ``attack_idx`` selects the attacked points."""
+    bs = cfg["batch_size"]
+    model.eval()
+    clean_correct = predict(model, x_test, bs) == y_test
+    x, y = x_test[attack_idx], y_test[attack_idx]
+    pgd_cfg = cfg["pgd"]
+    linf: dict[str, dict[str, list[int]]] = {a: {} for a in (FGSM_CE, PGD_CE, PGD_MARGIN, TRANSFER)}
+    aa_flags: dict[str, list[str]] = {}
+    jobs = [(a, eps) for eps in cfg["eps"] for a in (FGSM_CE, PGD_CE, PGD_MARGIN, TRANSFER)]
+    jobs += [(AUTOATTACK, eps) for eps in cfg["autoattack"]["eps"]]
+    if cfg["square"]["n_queries"] > 0:
+        jobs.append((SQUARE, cfg["headline_eps"]))
+    for attack_name, eps in tqdm(jobs, desc=f"attack {name}", leave=False):
+        key = eps_key(eps)
+        if attack_name == FGSM_CE:
+            x_adv = batched(attacks.fgsm, x, y, bs, model=model, eps=eps, loss="ce")
+        elif attack_name in (PGD_CE, PGD_MARGIN):
+            x_adv = batched(attacks.pgd, x, y, bs, seed=cfg["seed"], model=model, eps=eps, steps=pgd_cfg["steps"],
+                            step_size=pgd_cfg["step_size_ratio"] * eps, norm="linf",
+                            loss="ce" if attack_name == PGD_CE else "margin", restarts=pgd_cfg["restarts"])
+        elif attack_name == TRANSFER:
+            x_adv = transfer_adv[key]
+        elif attack_name == AUTOATTACK:
+            x_adv, flags = attacks.autoattack(model, x, y, eps=eps, norm="Linf", version=cfg["autoattack"]["version"],
+                                              attacks=cfg["autoattack"]["attacks"], batch_size=bs, seed=cfg["seed"])
+            aa_flags[key] = flags
+        else:
+            x_adv = attacks.square(model, x, y, eps=eps, n_queries=cfg["square"]["n_queries"], seed=cfg["seed"])
+        linf.setdefault(attack_name, {})[key] = robust_mask(model, x_adv, y, bs)
+
+    l2: dict[str, dict[str, list[int]]] = {PGD_L2: {}}
+    for eps in cfg["pgd_l2"]["eps"]:
+        x_adv = batched(attacks.pgd, x, y, bs, seed=cfg["seed"], model=model, eps=eps, steps=cfg["pgd_l2"]["steps"],
+                        step_size=2.5 * eps / cfg["pgd_l2"]["steps"], norm="l2", loss="margin",
+                        restarts=cfg["pgd_l2"]["restarts"])
+        l2[PGD_L2][eps_key(eps)] = robust_mask(model, x_adv, y, bs)
+
+    cw = cfg["cw_l2"]
+    n_cw = min(cw["n_points"], len(x))
+    cw_norms: list[float | None] = []
+    if n_cw:
+        _, norms = attacks.cw_l2(model, x[:n_cw], y[:n_cw], steps=cw["steps"], binary_search_steps=cw["binary_search_steps"],
+                                 c_init=cw["c_init"], lr=cw["lr"])
+        cw_norms = [None if not math.isfinite(v) else round(v, 6) for v in norms.tolist()]
+    n_sens = min(cfg["sensitivity_points"], len(x))
+    return {
+        "model": name,
+        "n_test": len(y_test),
+        "clean_correct": int(clean_correct.sum().item()),
+        "n_attacked": len(y),
+        "attacked_clean_correct": clean_correct[attack_idx].int().tolist(),
+        "linf": linf,
+        "l2": l2,
+        "autoattack_flags": aa_flags,
+        "cw_l2": {"n_points": n_cw, "l2": cw_norms},
+        "sensitivity": {"n_points": n_sens, **sensitivity(model, x[:n_sens], y[:n_sens], bs)},
+    }

@@ -1,0 +1,266 @@
+"""One schema for params.yaml, checked at the start of every stage, before any data is read.
+
+Every problem is reported at once; each message names the key, the value, what is allowed and,
+for an unknown key, the closest valid one.
+"""
+from __future__ import annotations
+
+import difflib
+from abc import ABC, abstractmethod
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ParamsError
+
+ARCHS = ("papernot_cnn", "lenet", "resnet18", "mobilenetv2")
+DATASET_NAMES = ("fashion_mnist", "mnist", "cifar10", "cifar100", "tinyimagenet")
+METHODS = ("defensive_distillation",)
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "cosine")
+WIDTHS = ("mnist", "cifar")
+AUTOATTACK_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
+
+
+# --- field types -----------------------------------------------------------------------------
+class Field(ABC):
+    @abstractmethod
+    def check(self, key: str, value: Any) -> list[str]:
+        """Return one message per problem with ``value`` (empty when valid)."""
+
+    def describe(self) -> str:
+        return ""
+
+
+@dataclass
+class Int(Field):
+    min: int | None = None
+    max: int | None = None
+
+    def check(self, key, value):
+        if isinstance(value, bool) or not isinstance(value, int):
+            return [f"`{key}` = {value!r}: must be an integer {self.describe()}"]
+        if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):
+            return [f"`{key}` = {value!r}: out of range; allowed: integer {self.describe()}"]
+        return []
+
+    def describe(self):
+        lo = "-inf" if self.min is None else self.min
+        hi = "inf" if self.max is None else self.max
+        return f"in [{lo}, {hi}]"
+
+
+@dataclass
+class Float(Field):
+    min: float | None = None
+    max: float | None = None
+    min_exclusive: bool = False
+
+    def check(self, key, value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return [f"`{key}` = {value!r}: must be a finite number {self.describe()}"]
+        too_low = self.min is not None and (value <= self.min if self.min_exclusive else value < self.min)
+        too_high = self.max is not None and value > self.max
+        if too_low or too_high:
+            return [f"`{key}` = {value!r}: out of range; allowed: {self.describe()}"]
+        return []
+
+    def describe(self):
+        lo = "-inf" if self.min is None else self.min
+        hi = "inf" if self.max is None else self.max
+        return f"{'(' if self.min_exclusive else '['}{lo}, {hi}]"
+
+
+@dataclass
+class Bool(Field):
+    def check(self, key, value):
+        return [] if isinstance(value, bool) else [f"`{key}` = {value!r}: must be true or false"]
+
+
+@dataclass
+class Str(Field):
+    def check(self, key, value):
+        return [] if isinstance(value, str) and value else [f"`{key}` = {value!r}: must be a non-empty string"]
+
+
+@dataclass
+class Choice(Field):
+    choices: tuple[str, ...]
+
+    def check(self, key, value):
+        if isinstance(value, str) and value in self.choices:
+            return []
+        hint = difflib.get_close_matches(str(value), self.choices, n=1)
+        did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
+        return [f"`{key}` = {value!r}: unknown; allowed: {', '.join(self.choices)}{did_you_mean}"]
+
+
+@dataclass
+class Nullable(Field):
+    inner: Field
+
+    def check(self, key, value):
+        return [] if value is None else self.inner.check(key, value)
+
+
+@dataclass
+class ListOf(Field):
+    item: Field
+    min_len: int = 1
+    unique: bool = False
+
+    def check(self, key, value):
+        if not isinstance(value, list) or len(value) < self.min_len:
+            return [f"`{key}` = {value!r}: must be a list of at least {self.min_len} item(s)"]
+        errors = [e for i, v in enumerate(value) for e in self.item.check(f"{key}[{i}]", v)]
+        if not errors and self.unique and len(set(map(repr, value))) != len(value):
+            errors.append(f"`{key}` = {value!r}: items must be unique")
+        return errors
+
+
+@dataclass
+class Group(Field):
+    fields: dict[str, Field]
+    optional: frozenset[str] = field(default_factory=frozenset)
+
+    def check(self, key, value):
+        prefix = f"{key}." if key else ""
+        if not isinstance(value, dict):
+            return [f"`{key or 'params.yaml'}` = {value!r}: must be a mapping of keys to values"]
+        errors = []
+        for name in value:
+            if not isinstance(name, str) or name not in self.fields:
+                hint = difflib.get_close_matches(str(name), list(self.fields), n=1, cutoff=0.6)
+                did_you_mean = f"; did you mean `{prefix}{hint[0]}`?" if hint else ""
+                errors.append(f"`{prefix}{name}`: unknown key{did_you_mean} Allowed keys here: {', '.join(self.fields)}")
+        for name, spec in self.fields.items():
+            if name not in value:
+                if name not in self.optional:
+                    errors.append(f"`{prefix}{name}`: missing; add it ({spec.describe() or type(spec).__name__.lower()})")
+                continue
+            errors.extend(spec.check(prefix + name, value[name]))
+        return errors
+
+
+# --- the schema ---------------------------------------------------------------------------------
+PROBABILITY = Float(0.0, 1.0)
+EPS = Float(0.0, 1.0)
+
+
+def training_group(extra: dict[str, Field] | None = None) -> Group:
+    """The fields every trained role (teacher, assistant, student, surrogate) shares."""
+    fields = {
+        "arch": Choice(ARCHS),
+        "width": Choice(WIDTHS),
+        "epochs": Int(1, 10_000),
+        "batch_size": Int(1, 1 << 16),
+        "optimizer": Choice(OPTIMIZERS),
+        "lr": Float(0.0, 10.0, min_exclusive=True),
+        "momentum": Float(0.0, 1.0),
+        "weight_decay": Float(0.0, 1.0),
+        "schedule": Choice(SCHEDULES),
+        "augment": Bool(),
+    }
+    fields.update(extra or {})
+    return Group(fields)
+
+
+SCHEMA = Group(
+    {
+        "seed": Int(0, 2**31 - 1),
+        "dataset": Choice(DATASET_NAMES),
+        "method": Choice(METHODS),
+        "temperature": Float(0.0, 1e4, min_exclusive=True),
+        "chain_length": Int(0, 20),
+        "data": Group(
+            {
+                "raw_dir": Str(),
+                "val_size": Int(1, 10_000_000),
+                "download": Bool(),
+                "train_subset": Nullable(Int(1)),
+                "test_subset": Nullable(Int(1)),
+            }
+        ),
+        "teacher": training_group(),
+        "assistant": training_group({"kd_lambda": PROBABILITY}),
+        "student": training_group({"kd_lambda": PROBABILITY}),
+        "surrogate": training_group({"seed": Int(0, 2**31 - 1)}),
+        "attack": Group(
+            {
+                "n_points": Nullable(Int(1)),
+                "batch_size": Int(1, 1 << 16),
+                "seed": Int(0, 2**31 - 1),
+                "eps": ListOf(EPS, unique=True),
+                "headline_eps": EPS,
+                "pgd": Group({"steps": Int(1, 100_000), "step_size_ratio": Float(0.0, 10.0, min_exclusive=True),
+                              "restarts": Int(1, 1000)}),
+                "pgd_l2": Group({"eps": ListOf(Float(0.0, 1e3), min_len=0, unique=True), "steps": Int(1, 100_000),
+                                 "restarts": Int(1, 1000)}),
+                "cw_l2": Group({"n_points": Int(0), "steps": Int(1, 100_000), "binary_search_steps": Int(1, 100),
+                                "c_init": Float(0.0, 1e6, min_exclusive=True), "lr": Float(0.0, 10.0, min_exclusive=True)}),
+                "autoattack": Group({"version": Choice(("standard", "custom")),
+                                     "attacks": ListOf(Choice(AUTOATTACK_ATTACKS), unique=True),
+                                     "eps": ListOf(EPS, min_len=0, unique=True)}),
+                "square": Group({"n_queries": Int(0, 1_000_000)}),
+                "transfer": Group({"steps": Int(1, 100_000)}),
+                "sensitivity_points": Int(1),
+                "n_example_images": Int(0, 64),
+            }
+        ),
+        "metrics": Group(
+            {
+                "masking": Group(
+                    {
+                        "strong_vs_ce_margin": PROBABILITY,
+                        "transfer_margin": PROBABILITY,
+                        "fgsm_margin": PROBABILITY,
+                        "monotonic_tolerance": PROBABILITY,
+                        "large_eps_max_acc": PROBABILITY,
+                    }
+                ),
+            }
+        ),
+    }
+)
+
+
+def _cross_checks(p: dict) -> list[str]:
+    """Combinations that pass field by field but cannot work together."""
+    errors = []
+    attack = p["attack"]
+    if attack["headline_eps"] not in attack["eps"]:
+        errors.append(f"`attack.headline_eps` = {attack['headline_eps']!r}: must be one of `attack.eps` = {attack['eps']}")
+    for eps in attack["autoattack"]["eps"]:
+        if eps not in attack["eps"]:
+            errors.append(f"`attack.autoattack.eps` contains {eps!r}: every AutoAttack ε must also be in `attack.eps` = {attack['eps']}")
+    if attack["autoattack"]["version"] == "standard" and attack["autoattack"]["attacks"] != ["apgd-ce", "apgd-t", "fab-t", "square"]:
+        errors.append("`attack.autoattack.attacks`: with version `standard` the attack list is fixed by AutoAttack; "
+                      "set it to [apgd-ce, apgd-t, fab-t, square] or use version `custom`")
+    if p["data"]["test_subset"] is not None and attack["n_points"] is not None and attack["n_points"] > p["data"]["test_subset"]:
+        errors.append(f"`attack.n_points` = {attack['n_points']}: larger than `data.test_subset` = {p['data']['test_subset']}")
+    return errors
+
+
+def validate(params: Any) -> dict:
+    """Return ``params`` unchanged if valid, else raise ParamsError listing every problem."""
+    errors = SCHEMA.check("", params)
+    if not errors:
+        errors = _cross_checks(params)
+    if errors:
+        raise ParamsError("params.yaml is not valid:\n  - " + "\n  - ".join(errors))
+    return params
+
+
+def load(path: str | Path = "params.yaml") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: not found. Run the stage from the repository root, where params.yaml lives.")
+    try:
+        params = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    return validate(params)
+

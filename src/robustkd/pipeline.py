@@ -1,0 +1,72 @@
+"""Glue shared by the stage entry points in ``src/<stage>.py``: params, data, paths, one role's training."""
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+import torch
+
+from . import data, params as params_mod
+from .errors import ProjectError
+from .io import sha256_file
+from .models import build_model, load_checkpoint, model_spec, save_checkpoint
+from .training import TrainConfig, pick_device, train
+
+PREPARED_DIR = Path("data/prepared")
+MODELS_DIR = Path("models")
+ASSISTANTS_DIR = MODELS_DIR / "assistants"
+CHAIN_MANIFEST = ASSISTANTS_DIR / "chain.json"
+LIVE_DIR = Path("dvclive")
+RESUME_DIR = Path(".resume")  # per-epoch resume files; outside DVC's outputs so `dvc repro` keeps them
+
+
+def run_stage(main) -> None:
+    """Run a stage's ``main(params)``; a ProjectError ends it with its message, not a traceback."""
+    try:
+        main(params_mod.load("params.yaml"))
+    except ProjectError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_training_data():
+    meta = data.load_meta(PREPARED_DIR)
+    return meta, data.load_split(PREPARED_DIR, "train"), data.load_split(PREPARED_DIR, "val")
+
+
+def chain_paths() -> list[Path]:
+    """The assistants in chain order, as written by the assistant stage (possibly empty)."""
+    import json
+
+    if not CHAIN_MANIFEST.is_file():
+        raise ProjectError(f"{CHAIN_MANIFEST}: not found. Run `dvc repro assistant` first.")
+    return [ASSISTANTS_DIR / name for name in json.loads(CHAIN_MANIFEST.read_text())["assistants"]]
+
+
+def train_role(role: str, group: dict, seed: int, loss_fn, out_path: Path, live_dir: Path,
+               meta: dict, train_data, val_data, extra_info: dict, upstream: list[Path] = ()) -> dict:
+    """Build, train and save one model; returns the info stored in its checkpoint."""
+    device = pick_device()
+    seed_everything(seed)
+    spec = model_spec(group["arch"], meta, group["width"])
+    model = build_model(**spec).to(device)
+    cfg = TrainConfig.from_params(group, seed)
+    run_id = [role, spec["arch"], extra_info, meta["files"], [sha256_file(p) for p in upstream]]
+    result = train(model, loss_fn, train_data, val_data, cfg, role, live_dir=live_dir,
+                   resume_path=RESUME_DIR / f"{role}.pt", run_id=str(run_id))
+    info = {"role": role, "arch": spec["arch"], "best_epoch": result.best_epoch,
+            "val_acc": result.best_val_acc, "train_seconds": round(result.seconds, 2), **extra_info}
+    save_checkpoint(out_path, result.model, spec, info)
+    (RESUME_DIR / f"{role}.pt").unlink(missing_ok=True)
+    print(f"[{role}] saved {out_path} (best epoch {result.best_epoch}, val_acc {result.best_val_acc:.4f})")
+    return info
+
+
+def load_model(path: Path):
+    return load_checkpoint(path, pick_device())

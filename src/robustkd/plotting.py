@@ -1,0 +1,76 @@
+"""Matplotlib figures (PNG), written atomically. DVC's own plots use the JSON rows from the metrics stage."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on CI or servers
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from .io import atomic_path  # noqa: E402
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+
+
+def _show(ax, img: torch.Tensor) -> None:
+    img = img.permute(1, 2, 0).numpy()
+    ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray" if img.shape[2] == 1 else None, vmin=0, vmax=1)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def adversarial_grid(x: torch.Tensor, y: torch.Tensor, adversarial: dict, class_names: list[str], eps: float,
+                     path: Path) -> None:
+    """Row 0: clean images with labels; one row per model: its margin-PGD example and predictions."""
+    rows, cols = 1 + len(adversarial), len(x)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.9 * rows), squeeze=False)
+    for j in range(cols):
+        _show(axes[0, j], x[j])
+        axes[0, j].set_title(f"true: {class_names[y[j]]}", fontsize=7)
+    for i, (name, (x_adv, pred_adv, pred_clean)) in enumerate(adversarial.items(), start=1):
+        for j in range(cols):
+            _show(axes[i, j], x_adv[j])
+            colour = "green" if pred_adv[j] == y[j] else "red"
+            axes[i, j].set_title(f"{class_names[pred_clean[j]]}→{class_names[pred_adv[j]]}", fontsize=7, color=colour)
+        axes[i, 0].set_ylabel(name, fontsize=8)
+    fig.suptitle(f"Margin-PGD at ε={eps:g}: clean prediction → adversarial prediction (red = fooled)", fontsize=9)
+    _save(fig, path)
+
+
+def accuracy_vs_robustness(rows: list[dict], eps: float, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for row in rows:
+        ax.scatter(row["clean_acc"], row["worst_case_acc"], s=40)
+        ax.annotate(row["model"], (row["clean_acc"], row["worst_case_acc"]), fontsize=8,
+                    xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("clean accuracy")
+    ax.set_ylabel(f"worst-case robust accuracy (ε={eps:g})")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def robust_vs_eps(rows: list[dict], path: Path) -> None:
+    """One panel per model, one line per attack (and the per-point worst case)."""
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(1, len(models), figsize=(4 * len(models), 3.6), squeeze=False, sharey=True)
+    for ax, model in zip(axes[0], models):
+        attacks = list(dict.fromkeys(r["attack"] for r in rows if r["model"] == model))
+        for attack in attacks:
+            pts = sorted((r["eps"], r["robust_acc"]) for r in rows if r["model"] == model and r["attack"] == attack)
+            style = {"color": "black", "linewidth": 2.5} if attack == "worst_case" else {}
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=attack, **style)
+        ax.set_title(model)
+        ax.set_xlabel("ε (L∞)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("robust accuracy")
+    axes[0, -1].legend(fontsize=7, loc="upper right")
+    _save(fig, path)

@@ -1,0 +1,196 @@
+"""One training loop for every role (teacher, assistants, student, surrogate).
+
+Data stays a uint8 tensor on the training device; batches are cast and augmented there, as whole
+tensors (no per-sample PIL transforms, no DataLoader workers). The checkpoint kept is the epoch with
+the best validation accuracy, never a test-set choice. Every epoch writes a resume file atomically, so a
+killed run restarts from its last complete epoch and ends with the same weights as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .io import safe_torch_load, atomic_torch_save
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int
+    batch_size: int
+    optimizer: str
+    lr: float
+    momentum: float
+    weight_decay: float
+    schedule: str
+    augment: bool
+    seed: int
+
+    @classmethod
+    def from_params(cls, group: dict, seed: int) -> "TrainConfig":
+        return cls(**{k: group[k] for k in ("epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
+                                             "schedule", "augment")}, seed=seed)
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def to_float(x_uint8: torch.Tensor) -> torch.Tensor:
+    return x_uint8.float().div_(255.0)
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop (zero padding ``pad``) and horizontal flip for a whole batch, as tensor indexing."""
+    n, _, h, w = x.shape
+    padded = nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device)[None, :])[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device)[None, :])[:, None, None, :]
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chans = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    out = padded[batch, chans, rows, cols]
+    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    return torch.where(flip[:, None, None, None], out.flip(3), out)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x_uint8: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for i in range(0, len(y), batch_size):
+        logits = model(to_float(x_uint8[i:i + batch_size]))
+        correct += (logits.argmax(1) == y[i:i + batch_size]).sum().item()
+    model.train(was_training)
+    return correct / max(len(y), 1)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                               nesterov=cfg.momentum > 0, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_at(cfg: TrainConfig, step: int, total_steps: int) -> float:
+    if cfg.schedule == "cosine":
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
+    return cfg.lr
+
+
+def fingerprint(*parts) -> str:
+    """Identifies a training run: a resume file from another config is never picked up."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    best_epoch: int
+    best_val_acc: float
+    history: list[dict]
+    seconds: float
+
+
+def train(
+    model: nn.Module,
+    loss_fn: LossFn,
+    train_data: tuple[torch.Tensor, torch.Tensor],
+    val_data: tuple[torch.Tensor, torch.Tensor],
+    cfg: TrainConfig,
+    role: str,
+    live_dir: str | Path | None = None,
+    resume_path: str | Path | None = None,
+    run_id: str = "",
+) -> TrainResult:
+    """Train ``model`` in place and return it loaded with its best-validation-accuracy weights."""
+    device = next(model.parameters()).device
+    x_train, y_train = (t.to(device) for t in train_data)
+    x_val, y_val = (t.to(device) for t in val_data)
+    optimizer = make_optimizer(model, cfg)
+    steps_per_epoch = math.ceil(len(y_train) / cfg.batch_size)
+    total_steps = cfg.epochs * steps_per_epoch
+    run_id = fingerprint(run_id, cfg)
+
+    start_epoch, best_val, best_epoch, best_state, history, elapsed = 0, -1.0, -1, None, [], 0.0
+    resume_path = Path(resume_path) if resume_path else None
+    if resume_path and resume_path.is_file():
+        saved = safe_torch_load(resume_path, map_location=device)
+        if saved.get("run_id") == run_id:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            torch.set_rng_state(saved["cpu_rng"])
+            if device.type == "cuda" and saved.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(saved["cuda_rng"])
+            start_epoch, best_val, best_epoch = saved["epoch"], saved["best_val"], saved["best_epoch"]
+            best_state, elapsed = saved["best_state"], saved["elapsed"]
+            history = json.loads(saved["history"])
+            print(f"[{role}] resuming after epoch {start_epoch} from {resume_path}")
+
+    live = None
+    if live_dir is not None:
+        from dvclive import Live  # imported lazily: tests of the loop do not need it
+
+        live = Live(dir=str(live_dir), resume=start_epoch > 0, save_dvc_exp=False, dvcyaml=False)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        # Data order depends only on (seed, epoch), so a resumed run sees the same batches.
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        order = torch.randperm(len(y_train), generator=gen).to(device)
+        loss_sum, correct, seen = 0.0, 0, 0
+        bar = tqdm(range(steps_per_epoch), desc=f"{role} epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=2)
+        for i in bar:
+            idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            xb, yb = to_float(x_train[idx]), y_train[idx]
+            if cfg.augment:
+                xb = augment_batch(xb, gen)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(cfg, epoch * steps_per_epoch + i, total_steps)
+            loss, logits = loss_fn(model, xb, yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item() * len(yb)
+            correct += (logits.argmax(1) == yb).sum().item()
+            seen += len(yb)
+        val_acc = accuracy(model, x_val, y_val)
+        elapsed += time.perf_counter() - t0
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen, "val_acc": val_acc}
+        history.append(row)
+        print(f"[{role}] epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.4f} "
+              f"train_acc {row['train_acc']:.4f} val_acc {val_acc:.4f}")
+        if val_acc > best_val:
+            best_val, best_epoch = val_acc, epoch + 1
+            best_state = copy.deepcopy({k: v.detach() for k, v in model.state_dict().items()})
+        if live is not None:
+            for key in ("train_loss", "train_acc", "val_acc"):
+                live.log_metric(key, row[key])
+            live.next_step()
+        if resume_path:
+            atomic_torch_save({
+                "run_id": run_id, "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "cpu_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
+                "best_val": best_val, "best_epoch": best_epoch, "best_state": best_state,
+                "history": json.dumps(history), "elapsed": elapsed,
+            }, resume_path)
+    if live is not None:
+        live.end()
+    model.load_state_dict(best_state)
+    model.eval()
+    return TrainResult(model, best_epoch, best_val, history, elapsed)
