@@ -1,0 +1,70 @@
+"""End-to-end: the real DVC pipeline on a tiny config in a temporary git repo."""
+import json
+
+import pytest
+
+from tiny_repo import make_tiny_repo, run, set_params, stages_run
+
+pytestmark = pytest.mark.slow
+ALL_STAGES = {"prepare", "teacher", "assistant", "student", "surrogate", "attack", "metrics"}
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    repo = make_tiny_repo(tmp_path_factory.mktemp("pipeline") / "repo")
+    out = run(["dvc", "repro"], repo)
+    assert stages_run(out.stdout) == ALL_STAGES
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "baseline run"], repo)
+    return repo
+
+
+def test_outputs_and_metrics_schema(repo):
+    metrics = json.loads((repo / "metrics.json").read_text())
+    assert list(metrics) == ["teacher", "assistant_1", "student"]
+    for m in metrics.values():
+        assert 0 <= m["clean_acc"] <= 1 and m["n_attacked"] == 40
+        assert set(m["worst_case"]) == {"eps_0p05", "eps_0p1", "eps_0p3"}
+        # worst case is a per-point minimum over attacks: never above any single attack
+        for attack, per_eps in m["robust_acc"].items():
+            for key, acc in per_eps.items():
+                assert m["worst_case"][key] <= acc, (attack, key)
+        assert isinstance(m["gradient_masking"], bool)
+        assert all("." not in k for k in m)  # flat keys for `dvc metrics diff`
+    for name in ("accuracy_vs_robustness", "robust_vs_eps", "sensitivity_vs_temperature"):
+        assert json.loads((repo / "plots" / f"{name}.json").read_text())
+    for name in ("accuracy_vs_robustness.png", "robust_vs_eps.png", "adversarial_examples.png"):
+        assert (repo / "plots" / name).read_bytes()[:4] == b"\x89PNG"
+    assert (repo / "models" / "assistants" / "assistant_1.pt").is_file()
+
+
+def test_second_repro_reruns_nothing(repo):
+    out = run(["dvc", "repro"], repo)
+    assert stages_run(out.stdout) == set()
+    assert "up to date" in out.stdout.lower()
+
+
+def test_attack_change_reruns_only_attack_and_metrics(repo):
+    set_params(repo, attack__eps=[0.05, 0.1, 0.2])
+    out = run(["dvc", "repro"], repo)
+    assert stages_run(out.stdout) == {"attack", "metrics"}
+    metrics = json.loads((repo / "metrics.json").read_text())
+    assert set(metrics["student"]["worst_case"]) == {"eps_0p05", "eps_0p1", "eps_0p2"}
+    run(["git", "checkout", "params.yaml"], repo)
+    run(["dvc", "checkout"], repo)
+
+
+def test_exp_run_temperature_reruns_training_not_prepare(repo):
+    out = run(["dvc", "exp", "run", "-S", "temperature=50"], repo)
+    assert stages_run(out.stdout) == {"teacher", "assistant", "student", "attack", "metrics"}
+    diff = json.loads(run(["dvc", "metrics", "diff", "--json"], repo).stdout)
+    changed = diff["metrics.json"]
+    assert "student.sensitivity_softmax" in changed or "student.clean_acc" in changed
+    teacher_ckpt_info = json.loads((repo / "results" / "attack" / "teacher.json").read_text())["info"]
+    assert teacher_ckpt_info["temperature"] == 50
+
+
+def test_plots_show_writes_html(repo):
+    run(["dvc", "plots", "show", "-o", "plots_html"], repo)
+    html = (repo / "plots_html" / "index.html").read_text()
+    assert "Accuracy vs robustness" in html

@@ -1,0 +1,81 @@
+"""The shared training loop: learns, picks the best validation epoch, and resumes to identical weights."""
+import pytest
+import torch
+
+from robustkd import training
+from robustkd.losses import TemperatureCE
+from robustkd.models import build_model
+from robustkd.training import TrainConfig, augment_batch, train
+
+
+def toy_data(n, seed):
+    """Separable 1x28x28 images: a bright row whose position is the label."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 10
+    x = torch.randint(0, 40, (n, 1, 28, 28), generator=g, dtype=torch.uint8)
+    for i in range(n):
+        x[i, 0, 2 + 2 * y[i]] = 230
+    return x, y
+
+
+CFG = TrainConfig(epochs=3, batch_size=32, optimizer="adam", lr=2e-3, momentum=0.9, weight_decay=0.0,
+                  schedule="cosine", augment=False, seed=0)
+
+
+def fresh_model():
+    torch.manual_seed(0)
+    return build_model("lenet", 1, 28, 10, [0.2], [0.3])
+
+
+def test_training_learns_and_keeps_best_val_epoch():
+    result = train(fresh_model(), TemperatureCE(1.0), toy_data(320, 0), toy_data(100, 1), CFG, "t")
+    assert result.best_val_acc > 0.9
+    best = max(result.history, key=lambda r: r["val_acc"])
+    assert result.best_epoch == best["epoch"]
+    assert training.accuracy(result.model, *toy_data(100, 1)) == pytest.approx(result.best_val_acc)
+
+
+def test_same_seed_same_weights():
+    a = train(fresh_model(), TemperatureCE(5.0), toy_data(160, 0), toy_data(50, 1), CFG, "a").model
+    b = train(fresh_model(), TemperatureCE(5.0), toy_data(160, 0), toy_data(50, 1), CFG, "b").model
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_resume_after_crash_gives_identical_weights(tmp_path, monkeypatch):
+    args = (TemperatureCE(1.0), toy_data(160, 0), toy_data(50, 1), CFG, "r")
+    reference = train(fresh_model(), *args).model
+
+    calls = {"n": 0}
+    real_accuracy = training.accuracy
+
+    def crash_on_second_validation(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:  # epoch 2 is trained but not saved: the run dies mid-way
+            raise KeyboardInterrupt("simulated kill")
+        return real_accuracy(*a, **k)
+
+    monkeypatch.setattr(training, "accuracy", crash_on_second_validation)
+    with pytest.raises(KeyboardInterrupt):
+        train(fresh_model(), *args, resume_path=tmp_path / "r.pt", run_id="x")
+    saved = torch.load(tmp_path / "r.pt", weights_only=True)
+    assert saved["epoch"] == 1
+    monkeypatch.setattr(training, "accuracy", real_accuracy)
+    resumed = train(fresh_model(), *args, resume_path=tmp_path / "r.pt", run_id="x").model
+    assert all(torch.equal(p, q) for p, q in zip(reference.state_dict().values(), resumed.state_dict().values()))
+
+
+def test_resume_file_of_another_run_is_ignored(tmp_path):
+    args = (TemperatureCE(1.0), toy_data(96, 0), toy_data(30, 1))
+    one_epoch = TrainConfig(**{**CFG.__dict__, "epochs": 1})
+    train(fresh_model(), *args, one_epoch, "r", resume_path=tmp_path / "r.pt", run_id="config-A")
+    result = train(fresh_model(), *args, one_epoch, "r", resume_path=tmp_path / "r.pt", run_id="config-B")
+    assert len(result.history) == 1  # trained from scratch rather than "resuming" a finished foreign run
+
+
+def test_augment_batch_crops_and_flips_on_tensors():
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).view(2, 1, 4, 4)
+    out = augment_batch(x, torch.Generator().manual_seed(0), pad=0)
+    for i in range(2):  # with no padding only flips remain
+        assert torch.equal(out[i], x[i]) or torch.equal(out[i], x[i].flip(2))
+    shifted = augment_batch(x, torch.Generator().manual_seed(1), pad=2)
+    assert shifted.shape == x.shape
