@@ -7,8 +7,6 @@ in the README ("Metrics schema").
 from __future__ import annotations
 
 import math
-from typing import Callable
-
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -37,16 +35,9 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
 
 
-def batched(attack: Callable[..., torch.Tensor], x: torch.Tensor, y: torch.Tensor, batch_size: int,
-            seed: int | None = None, **kwargs) -> torch.Tensor:
-    """Run ``attack`` batch by batch. Each point's random start comes from a generator seeded by
-    (seed, point index), so results do not depend on the batch size."""
-    out = []
-    for i in range(0, len(x), batch_size):
-        if seed is not None:
-            kwargs["generator"] = torch.Generator().manual_seed(seed * 1_000_003 + i)
-        out.append(attack(x=x[i:i + batch_size], y=y[i:i + batch_size], **kwargs))
-    return torch.cat(out)
+def _generator(cfg: dict) -> torch.Generator:
+    """A fresh generator per attack: every attack sees the same random starts whatever ran before it."""
+    return torch.Generator().manual_seed(cfg["seed"])
 
 
 def robust_mask(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, batch_size: int) -> list[int]:
@@ -78,9 +69,9 @@ def craft_transfer(surrogate: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: 
     """Adversarial examples crafted once on the surrogate, per ε, to be replayed on every model."""
     out = {}
     for eps in cfg["eps"]:
-        out[eps_key(eps)] = batched(attacks.transfer, x, y, cfg["batch_size"], seed=cfg["seed"],
-                                    source_model=surrogate, eps=eps, steps=cfg["transfer"]["steps"],
-                                    step_size=cfg["pgd"]["step_size_ratio"] * eps, loss="margin")
+        out[eps_key(eps)] = attacks.attack_in_batches(
+            attacks.transfer, surrogate, x, y, cfg["batch_size"], generator=_generator(cfg), eps=eps,
+            steps=cfg["transfer"]["steps"], step_size=cfg["pgd"]["step_size_ratio"] * eps, loss="margin")
     return out
 
 
@@ -101,16 +92,20 @@ def evaluate(model: nn.Module, name: str, x_test: torch.Tensor, y_test: torch.Te
     for attack_name, eps in tqdm(jobs, desc=f"attack {name}", leave=False):
         key = eps_key(eps)
         if attack_name == FGSM_CE:
-            x_adv = batched(attacks.fgsm, x, y, bs, model=model, eps=eps, loss="ce")
+            x_adv = attacks.attack_in_batches(attacks.fgsm, model, x, y, bs, eps=eps, loss="ce")
         elif attack_name in (PGD_CE, PGD_MARGIN):
-            x_adv = batched(attacks.pgd, x, y, bs, seed=cfg["seed"], model=model, eps=eps, steps=pgd_cfg["steps"],
-                            step_size=pgd_cfg["step_size_ratio"] * eps, norm="linf",
-                            loss="ce" if attack_name == PGD_CE else "margin", restarts=pgd_cfg["restarts"])
+            x_adv = attacks.attack_in_batches(
+                attacks.pgd, model, x, y, bs, generator=_generator(cfg), eps=eps, steps=pgd_cfg["steps"],
+                step_size=pgd_cfg["step_size_ratio"] * eps, norm="linf",
+                loss="ce" if attack_name == PGD_CE else "margin", restarts=pgd_cfg["restarts"])
         elif attack_name == TRANSFER:
             x_adv = transfer_adv[key]
         elif attack_name == AUTOATTACK:
-            x_adv, flags = attacks.autoattack(model, x, y, eps=eps, norm="Linf", version=cfg["autoattack"]["version"],
-                                              attacks=cfg["autoattack"]["attacks"], batch_size=bs, seed=cfg["seed"])
+            aa = cfg["autoattack"]
+            custom = aa["version"] == "custom"
+            x_adv, flags = attacks.autoattack(model, x, y, eps=eps, norm="Linf", version=aa["version"],
+                                              attacks=aa["attacks"] if custom else None, batch_size=bs,
+                                              seed=cfg["seed"], apgd_restarts=aa["apgd_restarts"] if custom else None)
             aa_flags[key] = flags
         else:
             x_adv = attacks.square(model, x, y, eps=eps, n_queries=cfg["square"]["n_queries"], seed=cfg["seed"])
@@ -118,9 +113,9 @@ def evaluate(model: nn.Module, name: str, x_test: torch.Tensor, y_test: torch.Te
 
     l2: dict[str, dict[str, list[int]]] = {PGD_L2: {}}
     for eps in cfg["pgd_l2"]["eps"]:
-        x_adv = batched(attacks.pgd, x, y, bs, seed=cfg["seed"], model=model, eps=eps, steps=cfg["pgd_l2"]["steps"],
-                        step_size=2.5 * eps / cfg["pgd_l2"]["steps"], norm="l2", loss="margin",
-                        restarts=cfg["pgd_l2"]["restarts"])
+        x_adv = attacks.attack_in_batches(
+            attacks.pgd, model, x, y, bs, generator=_generator(cfg), eps=eps, steps=cfg["pgd_l2"]["steps"],
+            step_size=2.5 * eps / cfg["pgd_l2"]["steps"], norm="l2", loss="margin", restarts=cfg["pgd_l2"]["restarts"])
         l2[PGD_L2][eps_key(eps)] = robust_mask(model, x_adv, y, bs)
 
     cw = cfg["cw_l2"]

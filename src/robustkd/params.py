@@ -203,7 +203,8 @@ SCHEMA = Group(
                                 "c_init": Float(0.0, 1e6, min_exclusive=True), "lr": Float(0.0, 10.0, min_exclusive=True)}),
                 "autoattack": Group({"version": Choice(("standard", "custom")),
                                      "attacks": ListOf(Choice(AUTOATTACK_ATTACKS), unique=True),
-                                     "eps": ListOf(EPS, min_len=0, unique=True)}),
+                                     "eps": ListOf(EPS, min_len=0, unique=True),
+                                     "apgd_restarts": Int(1, 100)}),
                 "square": Group({"n_queries": Int(0, 1_000_000)}),
                 "transfer": Group({"steps": Int(1, 100_000)}),
                 "sensitivity_points": Int(1),
@@ -236,9 +237,6 @@ def _cross_checks(p: dict) -> list[str]:
     for eps in attack["autoattack"]["eps"]:
         if eps not in attack["eps"]:
             errors.append(f"`attack.autoattack.eps` contains {eps!r}: every AutoAttack ε must also be in `attack.eps` = {attack['eps']}")
-    if attack["autoattack"]["version"] == "standard" and attack["autoattack"]["attacks"] != ["apgd-ce", "apgd-t", "fab-t", "square"]:
-        errors.append("`attack.autoattack.attacks`: with version `standard` the attack list is fixed by AutoAttack; "
-                      "set it to [apgd-ce, apgd-t, fab-t, square] or use version `custom`")
     if p["data"]["test_subset"] is not None and attack["n_points"] is not None and attack["n_points"] > p["data"]["test_subset"]:
         errors.append(f"`attack.n_points` = {attack['n_points']}: larger than `data.test_subset` = {p['data']['test_subset']}")
     return errors
