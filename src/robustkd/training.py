@@ -173,7 +173,7 @@ def train(
         row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen, "val_acc": val_acc}
         history.append(row)
         print(f"[{role}] epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.4f} "
-              f"train_acc {row['train_acc']:.4f} val_acc {val_acc:.4f}")
+              f"train_acc {row['train_acc']:.4f} val_acc {val_acc:.4f}", flush=True)
         if val_acc > best_val:
             best_val, best_epoch = val_acc, epoch + 1
             best_state = copy.deepcopy({k: v.detach() for k, v in model.state_dict().items()})
