@@ -3,7 +3,8 @@
 Data stays a uint8 tensor on the training device; batches are cast and augmented there, as whole
 tensors (no per-sample PIL transforms, no DataLoader workers). The checkpoint kept is the epoch with
 the best validation accuracy, never a test-set choice. Every epoch writes a resume file atomically, so a
-killed run restarts from its last complete epoch and ends with the same weights as an uninterrupted one.
+killed run restarts from its last complete epoch and ends with the same weights (and the same dvclive logs)
+as an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -96,6 +97,29 @@ def fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+LIVE_KEYS = ("train_loss", "train_acc", "val_acc")
+
+
+def _open_live(live_dir: str | Path, history: list[dict]):
+    """A fresh dvclive log holding the epochs of ``history``, replayed from the resume file.
+
+    Not ``Live(resume=True)``: `dvc repro` deletes a stage's outputs (the live folder too) before rerunning
+    it, so after a kill the earlier epochs exist only in the resume file.
+    """
+    from dvclive import Live  # imported lazily: tests of the loop do not need it
+
+    live = Live(dir=str(live_dir), resume=False, save_dvc_exp=False, dvcyaml=False)
+    for row in history:
+        _log_live(live, row)
+    return live
+
+
+def _log_live(live, row: dict) -> None:
+    for key in LIVE_KEYS:
+        live.log_metric(key, row[key])
+    live.next_step()
+
+
 @dataclass
 class TrainResult:
     model: nn.Module
@@ -140,12 +164,7 @@ def train(
             history = json.loads(saved["history"])
             print(f"[{role}] resuming after epoch {start_epoch} from {resume_path}")
 
-    live = None
-    if live_dir is not None:
-        from dvclive import Live  # imported lazily: tests of the loop do not need it
-
-        live = Live(dir=str(live_dir), resume=start_epoch > 0, save_dvc_exp=False, dvcyaml=False)
-
+    live = None  # opened after the first epoch, replaying the epochs before a restart
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         model.train()
@@ -177,10 +196,10 @@ def train(
         if val_acc > best_val:
             best_val, best_epoch = val_acc, epoch + 1
             best_state = copy.deepcopy({k: v.detach() for k, v in model.state_dict().items()})
-        if live is not None:
-            for key in ("train_loss", "train_acc", "val_acc"):
-                live.log_metric(key, row[key])
-            live.next_step()
+        if live_dir is not None:
+            if live is None:
+                live = _open_live(live_dir, history[:-1])
+            _log_live(live, row)
         if resume_path:
             atomic_torch_save({
                 "run_id": run_id, "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -189,7 +208,9 @@ def train(
                 "best_val": best_val, "best_epoch": best_epoch, "best_state": best_state,
                 "history": json.dumps(history), "elapsed": elapsed,
             }, resume_path)
-    if live is not None:
+    if live_dir is not None:
+        if live is None:  # every epoch was done before the restart (killed before the checkpoint was saved)
+            live = _open_live(live_dir, history)
         live.end()
     model.load_state_dict(best_state)
     model.eval()
