@@ -1,4 +1,4 @@
-"""Resource checks: a full disk stops a stage with a ResourceError before it writes anything."""
+"""Resource checks: a full disk or a too-large batch stops a stage with a ResourceError before it writes anything."""
 import shutil
 from collections import namedtuple
 from pathlib import Path
@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from fixtures_data import write_fashion_mnist_idx
-from robustkd import data, io as rio
+from robustkd import data, io as rio, pipeline
 from robustkd.errors import ResourceError
 from robustkd.losses import TemperatureCE
 from robustkd.models import build_model, save_checkpoint
-from robustkd.training import TrainConfig, train
+from robustkd.training import TrainConfig, is_out_of_memory, train
 
 Usage = namedtuple("Usage", "total used free")
 MiB = 1 << 20
@@ -91,3 +91,57 @@ def test_prepare_checks_all_splits_before_writing_any(tmp_path, disk, monkeypatc
     disk.free += 1
     data.prepare("fashion_mnist", tmp_path / "raw", out, val_size=6, seed=0)
     assert files_under(out) == ["meta.json", "test.pt", "train.pt", "val.pt"]
+
+
+# ---------------------------------------------------------------- memory
+
+CPU_OOM = RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                       "you tried to allocate 4503599627370496 bytes. Error code 12 (Cannot allocate memory)")
+CUDA_OOM = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity "
+                                       "of 79.10 GiB of which 1.06 GiB is free.")
+
+
+def raising_loss(err):
+    def loss_fn(model, x, y):
+        model(x)  # a real forward pass first, as an allocation failure would come mid-step
+        raise err
+    return loss_fn
+
+
+def test_out_of_memory_recognised():
+    assert is_out_of_memory(CPU_OOM) and is_out_of_memory(CUDA_OOM) and is_out_of_memory(MemoryError())
+    assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x10 and 3x5)"))
+    assert not is_out_of_memory(ValueError("out of memory"))  # only allocation errors, not any message
+
+
+GROUP = dict(arch="lenet", width="mnist", epochs=2, batch_size=32, optimizer="adam", lr=1e-3, momentum=0.9,
+             weight_decay=0.0, schedule="cosine", augment=False)
+META = {"shape": [1, 28, 28], "num_classes": 10, "mean": [0.3], "std": [0.3], "files": {"train.pt": "0" * 64}}
+
+
+@pytest.mark.parametrize("role, params_group, err, expected", [
+    ("teacher", None, CPU_OOM, "teacher.batch_size"),
+    ("surrogate", None, CUDA_OOM, "surrogate.batch_size"),
+    ("assistant_2", "assistant", CUDA_OOM, "assistant.batch_size"),  # the assistants share one params group
+])
+def test_out_of_memory_names_the_batch_size_param_and_writes_nothing(tmp_path, monkeypatch, role, params_group,
+                                                                     err, expected):
+    monkeypatch.chdir(tmp_path)
+    x, y = torch.randint(0, 255, (64, 1, 28, 28), dtype=torch.uint8), torch.arange(64) % 10
+    with pytest.raises(ResourceError) as caught:
+        pipeline.train_role(role, GROUP, 0, raising_loss(err), Path("models/m.pt"), Path("dvclive") / role, META,
+                            (x, y), (x, y), extra_info={}, params_group=params_group)
+    msg = str(caught.value)
+    assert f"`{expected}` = 32" in msg and f"Lower `{expected}`" in msg and "e.g. to 16" in msg
+    assert str(err).splitlines()[0][:40] in msg  # the allocator's own words, for the record
+    assert files_under(tmp_path) == []  # no resume file, no dvclive folder, no checkpoint
+
+
+def test_other_runtime_errors_are_not_disguised(tmp_path):
+    x, y = torch.randint(0, 255, (32, 1, 28, 28), dtype=torch.uint8), torch.arange(32) % 10
+    cfg = TrainConfig(**{k: GROUP[k] for k in ("epochs", "batch_size", "optimizer", "lr", "momentum",
+                                                "weight_decay", "schedule", "augment")}, seed=0)
+    bug = RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x10 and 3x5)")
+    with pytest.raises(RuntimeError) as caught:
+        train(build_model("lenet", 1, 28, 10, [0.3], [0.3]), raising_loss(bug), (x, y), (x, y), cfg, "t")
+    assert caught.value is bug

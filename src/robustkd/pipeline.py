@@ -50,8 +50,12 @@ def chain_paths() -> list[Path]:
 
 
 def train_role(role: str, group: dict, seed: int, loss_fn, out_path: Path, live_dir: Path,
-               meta: dict, train_data, val_data, extra_info: dict, upstream: list[Path] = ()) -> dict:
-    """Build, train and save one model; returns the info stored in its checkpoint."""
+               meta: dict, train_data, val_data, extra_info: dict, upstream: list[Path] = (), *,
+               params_group: str | None = None) -> dict:
+    """Build, train and save one model; returns the info stored in its checkpoint.
+
+    ``params_group`` is the params.yaml group of ``group`` (default: ``role``; the assistants share `assistant`).
+    """
     device = pick_device()
     seed_everything(seed)
     spec = model_spec(group["arch"], meta, group["width"])
@@ -59,7 +63,8 @@ def train_role(role: str, group: dict, seed: int, loss_fn, out_path: Path, live_
     cfg = TrainConfig.from_params(group, seed)
     run_id = [role, spec["arch"], extra_info, meta["files"], [sha256_file(p) for p in upstream]]
     result = train(model, loss_fn, train_data, val_data, cfg, role, live_dir=live_dir,
-                   resume_path=RESUME_DIR / f"{role}.pt", run_id=str(run_id))
+                   resume_path=RESUME_DIR / f"{role}.pt", run_id=str(run_id),
+                   batch_size_param=f"{params_group or role}.batch_size")
     info = {"role": role, "arch": spec["arch"], "best_epoch": result.best_epoch,
             "val_acc": result.best_val_acc, "train_seconds": round(result.seconds, 2), **extra_info}
     save_checkpoint(out_path, result.model, spec, info)

@@ -4,7 +4,8 @@ Data stays a uint8 tensor on the training device; batches are cast and augmented
 tensors (no per-sample PIL transforms, no DataLoader workers). The checkpoint kept is the epoch with
 the best validation accuracy, never a test-set choice. Every epoch writes a resume file atomically, so a
 killed run restarts from its last complete epoch and ends with the same weights (and the same dvclive logs)
-as an uninterrupted one.
+as an uninterrupted one. A training step that runs out of memory ends the run with a ResourceError that names
+the batch-size param to lower; nothing is written before the first step has succeeded.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from .errors import ResourceError
 from .io import safe_torch_load, atomic_torch_save
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -97,6 +99,15 @@ def fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def is_out_of_memory(err: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's "can't allocate memory" RuntimeError."""
+    if isinstance(err, (torch.OutOfMemoryError, MemoryError)):  # torch.cuda.OutOfMemoryError is the same class
+        return True
+    msg = str(err).lower()
+    return isinstance(err, RuntimeError) and any(
+        s in msg for s in ("can't allocate memory", "cannot allocate memory", "out of memory"))
+
+
 LIVE_KEYS = ("train_loss", "train_acc", "val_acc")
 
 
@@ -139,8 +150,12 @@ def train(
     live_dir: str | Path | None = None,
     resume_path: str | Path | None = None,
     run_id: str = "",
+    batch_size_param: str = "batch_size",
 ) -> TrainResult:
-    """Train ``model`` in place and return it loaded with its best-validation-accuracy weights."""
+    """Train ``model`` in place and return it loaded with its best-validation-accuracy weights.
+
+    ``batch_size_param`` is the params.yaml key named when a step runs out of memory (``teacher.batch_size``).
+    """
     device = next(model.parameters()).device
     x_train, y_train = (t.to(device) for t in train_data)
     x_val, y_val = (t.to(device) for t in val_data)
@@ -164,7 +179,7 @@ def train(
             history = json.loads(saved["history"])
             print(f"[{role}] resuming after epoch {start_epoch} from {resume_path}")
 
-    live = None  # opened after the first epoch, replaying the epochs before a restart
+    live = None  # opened after the first epoch: nothing is written before a training step has succeeded
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         model.train()
@@ -180,10 +195,20 @@ def train(
                 xb = augment_batch(xb, gen)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(cfg, epoch * steps_per_epoch + i, total_steps)
-            loss, logits = loss_fn(model, xb, yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            try:
+                loss, logits = loss_fn(model, xb, yb)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            except (RuntimeError, MemoryError) as err:
+                if not is_out_of_memory(err):
+                    raise
+                raise ResourceError(
+                    f"[{role}] out of memory in a training step (epoch {epoch + 1}, step {i + 1}) with "
+                    f"`{batch_size_param}` = {cfg.batch_size} on {device.type}. Lower `{batch_size_param}` in "
+                    f"params.yaml (e.g. to {max(cfg.batch_size // 2, 1)}; training then restarts from epoch 1), or free "
+                    f"memory used by other processes, then rerun. Detail: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+                ) from err
             loss_sum += loss.item() * len(yb)
             correct += (logits.argmax(1) == yb).sum().item()
             seen += len(yb)
