@@ -1,10 +1,13 @@
-"""Resource checks: a full disk or a too-large batch stops a stage with a ResourceError before it writes anything."""
+"""Resource checks: a full disk or a too-large batch stops a stage with a ResourceError before it writes anything;
+`cuda_deterministic` sets the CUDA flags (their effect on a GPU is not testable on this CPU-only machine)."""
+import os
 import shutil
 from collections import namedtuple
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from fixtures_data import write_fashion_mnist_idx
 from robustkd import data, io as rio, pipeline
@@ -13,6 +16,7 @@ from robustkd.losses import TemperatureCE
 from robustkd.models import build_model, save_checkpoint
 from robustkd.training import TrainConfig, is_out_of_memory, train
 
+ROOT = Path(__file__).resolve().parents[1]
 Usage = namedtuple("Usage", "total used free")
 MiB = 1 << 20
 
@@ -130,7 +134,7 @@ def test_out_of_memory_names_the_batch_size_param_and_writes_nothing(tmp_path, m
     x, y = torch.randint(0, 255, (64, 1, 28, 28), dtype=torch.uint8), torch.arange(64) % 10
     with pytest.raises(ResourceError) as caught:
         pipeline.train_role(role, GROUP, 0, raising_loss(err), Path("models/m.pt"), Path("dvclive") / role, META,
-                            (x, y), (x, y), extra_info={}, params_group=params_group)
+                            (x, y), (x, y), extra_info={}, cuda_deterministic=False, params_group=params_group)
     msg = str(caught.value)
     assert f"`{expected}` = 32" in msg and f"Lower `{expected}`" in msg and "e.g. to 16" in msg
     assert str(err).splitlines()[0][:40] in msg  # the allocator's own words, for the record
@@ -145,3 +149,55 @@ def test_other_runtime_errors_are_not_disguised(tmp_path):
     with pytest.raises(RuntimeError) as caught:
         train(build_model("lenet", 1, 28, 10, [0.3], [0.3]), raising_loss(bug), (x, y), (x, y), cfg, "t")
     assert caught.value is bug
+
+
+# ---------------------------------------------------------------- cuda_deterministic
+
+@pytest.fixture
+def restore_torch_flags():
+    env, det, bench = os.environ.get("CUBLAS_WORKSPACE_CONFIG"), torch.are_deterministic_algorithms_enabled(), \
+        torch.backends.cudnn.benchmark
+    yield
+    if env is None:
+        os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+    else:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = env
+    torch.use_deterministic_algorithms(det)
+    torch.backends.cudnn.benchmark = bench
+
+
+def test_cuda_deterministic_changes_nothing_on_cpu(restore_torch_flags):
+    os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+    torch.use_deterministic_algorithms(False)
+    torch.backends.cudnn.benchmark = False
+    for flag in (True, False):
+        pipeline.configure_cuda_determinism(flag, torch.device("cpu"))
+        assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark
+        assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+
+
+def test_cuda_deterministic_sets_the_cuda_flags(restore_torch_flags):
+    """Only the flags: the kernels they select need a GPU, which this machine lacks."""
+    os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+    torch.use_deterministic_algorithms(False)
+    pipeline.configure_cuda_determinism(True, torch.device("cuda"))
+    assert torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+
+    torch.use_deterministic_algorithms(False)
+    os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":16:8"  # the other valid setting is kept
+    pipeline.configure_cuda_determinism(True, torch.device("cuda"))
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+
+    torch.use_deterministic_algorithms(False)
+    pipeline.configure_cuda_determinism(False, torch.device("cuda"))
+    assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
+
+
+def test_cuda_deterministic_is_a_param_of_the_training_stages_only():
+    assert yaml.safe_load((ROOT / "params.yaml").read_text())["cuda_deterministic"] is False
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    using = {name for name, stage in stages.items() if "cuda_deterministic" in stage.get("params", [])}
+    assert using == {"teacher", "assistant", "student", "surrogate"}
+    for name in using:  # and each of those stages passes it on to train_role
+        assert 'cuda_deterministic=params["cuda_deterministic"]' in (ROOT / "src" / f"{name}.py").read_text()
