@@ -26,7 +26,8 @@ def main(params: dict) -> None:
                    out_path, LIVE_DIR / "assistants" / role, meta, train_data, val_data,
                    extra_info={"method": params["method"], "temperature": params["temperature"],
                                "distilled_from": previous_path.stem, "kd_lambda": params["assistant"]["kd_lambda"]},
-                   upstream=[previous_path])
+                   upstream=[previous_path], cuda_deterministic=params["cuda_deterministic"],
+                   params_group="assistant")
         names.append(out_path.name)
         previous_path = out_path
     (LIVE_DIR / "assistants").mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ def main(params: dict) -> None:
                MODELS_DIR / "student.pt", LIVE_DIR / "student", meta, train_data, val_data,
                extra_info={"method": params["method"], "temperature": params["temperature"],
                            "distilled_from": previous_path.stem, "kd_lambda": group["kd_lambda"]},
-               upstream=[previous_path])
+               upstream=[previous_path], cuda_deterministic=params["cuda_deterministic"])
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ def main(params: dict) -> None:
     meta, train_data, val_data = load_training_data()
     group = params["surrogate"]
     train_role("surrogate", group, group["seed"], TemperatureCE(1.0), MODELS_DIR / "surrogate.pt",
-               LIVE_DIR / "surrogate", meta, train_data, val_data, extra_info={"method": "natural", "temperature": 1.0})
+               LIVE_DIR / "surrogate", meta, train_data, val_data, extra_info={"method": "natural", "temperature": 1.0},
+               cuda_deterministic=params["cuda_deterministic"])
 
 
 if __name__ == "__main__":

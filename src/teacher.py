@@ -8,7 +8,8 @@ def main(params: dict) -> None:
     method = METHODS[params["method"]]
     train_role("teacher", params["teacher"], params["seed"], method.teacher_loss(params), MODELS_DIR / "teacher.pt",
                LIVE_DIR / "teacher", meta, train_data, val_data,
-               extra_info={"method": params["method"], "temperature": params["temperature"]})
+               extra_info={"method": params["method"], "temperature": params["temperature"]},
+               cuda_deterministic=params["cuda_deterministic"])
 
 
 if __name__ == "__main__":

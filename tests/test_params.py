@@ -36,8 +36,9 @@ def test_shipped_params_are_valid():
     ("chain_length", 1.5, "`chain_length` = 1.5: must be an integer"),
     ("chain_length", True, "`chain_length` = True: must be an integer"),
     ("attack.eps", [0.1, 1.5], "`attack.eps[1]` = 1.5: out of range; allowed: [0.0, 1.0]"),
-    ("attack.headline_eps", 0.05, "`attack.headline_eps` = 0.05: must be one of `attack.eps`"),
+    ("attack.headline_eps", 0.15, "`attack.headline_eps` = 0.15: must be one of `attack.eps`"),
     ("student.kd_lambda", 2, "`student.kd_lambda` = 2: out of range"),
+    ("cuda_deterministic", "yes", "`cuda_deterministic` = 'yes': must be true or false"),
 ])
 def test_bad_values_name_key_value_and_allowed(path, value, expected):
     with pytest.raises(ParamsError) as err:

@@ -1,4 +1,6 @@
 """The shared training loop: learns, picks the best validation epoch, and resumes to identical weights."""
+import shutil
+
 import pytest
 import torch
 
@@ -62,6 +64,34 @@ def test_resume_after_crash_gives_identical_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(training, "accuracy", real_accuracy)
     resumed = train(fresh_model(), *args, resume_path=tmp_path / "r.pt", run_id="x").model
     assert all(torch.equal(p, q) for p, q in zip(reference.state_dict().values(), resumed.state_dict().values()))
+
+
+def _live_files(live_dir):
+    return {p.relative_to(live_dir).as_posix(): p.read_text() for p in sorted(live_dir.rglob("*")) if p.is_file()}
+
+
+def test_resume_rebuilds_the_dvclive_log_that_dvc_deleted(tmp_path, monkeypatch):
+    """`dvc repro` deletes a stage's outputs, dvclive/<role> included, before rerunning a killed stage."""
+    args = (TemperatureCE(1.0), toy_data(96, 0), toy_data(30, 1), CFG, "r")
+    train(fresh_model(), *args, live_dir=tmp_path / "live_ref")
+    reference = _live_files(tmp_path / "live_ref")
+    assert '"step": 2' in reference["metrics.json"] and reference["plots/metrics/val_acc.tsv"].count("\n") == 4
+
+    real_accuracy, calls = training.accuracy, {"n": 0}
+
+    def crash_on_third_validation(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:  # epochs 1 and 2 saved, epoch 3 lost
+            raise KeyboardInterrupt("simulated kill")
+        return real_accuracy(*a, **k)
+
+    monkeypatch.setattr(training, "accuracy", crash_on_third_validation)
+    with pytest.raises(KeyboardInterrupt):
+        train(fresh_model(), *args, live_dir=tmp_path / "live", resume_path=tmp_path / "r.pt", run_id="x")
+    monkeypatch.setattr(training, "accuracy", real_accuracy)
+    shutil.rmtree(tmp_path / "live")  # what DVC does to the stage's outputs before running it again
+    train(fresh_model(), *args, live_dir=tmp_path / "live", resume_path=tmp_path / "r.pt", run_id="x")
+    assert _live_files(tmp_path / "live") == reference
 
 
 def test_resume_file_of_another_run_is_ignored(tmp_path):

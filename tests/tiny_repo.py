@@ -39,9 +39,13 @@ def tiny_params() -> dict:
     return p
 
 
+def env() -> dict[str, str]:
+    """The environment of every command run in a tiny repo."""
+    return {**os.environ, **GIT_ENV, "DVC_NO_ANALYTICS": "1", "PYTHONHASHSEED": "0"}
+
+
 def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, **GIT_ENV, "DVC_NO_ANALYTICS": "1", "PYTHONHASHSEED": "0"}
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc

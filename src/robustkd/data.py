@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .errors import CheckpointError, DataError
-from .io import atomic_torch_save, atomic_write_json, safe_torch_load, sha256_file
+from .io import atomic_torch_save, atomic_write_json, ensure_free_space, safe_torch_load, sha256_file
 
 
 @dataclass(frozen=True)
@@ -438,6 +438,8 @@ def prepare(name: str, raw_dir: Path, out_dir: Path, val_size: int, seed: int, d
         "test": (raw.test_x[test_idx], raw.test_y[test_idx]),
     }
     out_dir = Path(out_dir)
+    # All three files at once, before the first is written (each save also checks its own exact size).
+    ensure_free_space(out_dir, sum(x.nbytes + y.nbytes for x, y in splits.values()))
     files = {}
     for split, (x, y) in splits.items():
         path = out_dir / f"{split}.pt"

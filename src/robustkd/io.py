@@ -6,6 +6,7 @@ import io
 import json
 import os
 import pickle
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,7 +14,39 @@ from typing import Any, Iterator
 
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ResourceError
+
+# Free space kept in reserve beyond a write's own size: a full disk breaks DVC's cache, git and the OS too.
+DISK_MARGIN_BYTES = 64 << 20
+
+
+def _size(n: float) -> str:
+    units = ("B", "KiB", "MiB", "GiB", "TiB")
+    i = 0
+    while n >= 1024 and i < len(units) - 1:
+        n, i = n / 1024, i + 1
+    return f"{n:.0f} B" if i == 0 else f"{n:.1f} {units[i]}"
+
+
+def ensure_free_space(path: str | os.PathLike, needed_bytes: int, margin_bytes: int | None = None) -> None:
+    """Raise ResourceError, before anything is written, if the disk of ``path`` lacks ``needed_bytes`` + a margin.
+
+    The margin (default: DISK_MARGIN_BYTES plus 5% of the size) leaves room for the temporary file's
+    metadata, DVC's cache bookkeeping and everything else on the disk. ``path`` need not exist yet.
+    """
+    path = Path(path)
+    probe = path
+    while not probe.exists():  # terminates: "." or "/" exist
+        probe = probe.parent
+    margin = DISK_MARGIN_BYTES + needed_bytes // 20 if margin_bytes is None else margin_bytes
+    free = shutil.disk_usage(probe).free
+    if free < needed_bytes + margin:
+        raise ResourceError(
+            f"{path}: not enough free disk space: writing it needs about {_size(needed_bytes)} plus a "
+            f"{_size(margin)} safety margin, but the disk holding {probe.resolve()} has only {_size(free)} free. "
+            f"Nothing was written. Free some space (e.g. `dvc gc --workspace` drops cached versions the workspace "
+            f"no longer uses; `dvc exp remove` drops old experiments) or move the repository / DVC cache "
+            f"(`dvc cache dir`) to a larger disk, then rerun `dvc repro` (training resumes from its last epoch).")
 
 
 @contextmanager
@@ -54,8 +87,10 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     # Saving through a buffer keeps the bytes independent of the (random) temporary file name,
     # which torch.save would otherwise record inside the archive: same object -> same file.
+    # The size is known exactly once serialised: check the disk before the temporary file is created.
     buffer = io.BytesIO()
     torch.save(obj, buffer)
+    ensure_free_space(path, buffer.getbuffer().nbytes)
     atomic_write_bytes(path, buffer.getvalue())
 
 

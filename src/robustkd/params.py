@@ -175,6 +175,7 @@ SCHEMA = Group(
         "method": Choice(METHODS),
         "temperature": Float(0.0, 1e4, min_exclusive=True),
         "chain_length": Int(0, 20),
+        "cuda_deterministic": Bool(),
         "data": Group(
             {
                 "raw_dir": Str(),

@@ -1,6 +1,7 @@
 """Glue shared by the stage entry points in ``src/<stage>.py``: params, data, paths, one role's training."""
 from __future__ import annotations
 
+import os
 import random
 import sys
 from pathlib import Path
@@ -35,6 +36,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def configure_cuda_determinism(deterministic: bool, device: torch.device) -> None:
+    """Apply params.yaml `cuda_deterministic` before anything runs on ``device``.
+
+    CPU training is deterministic already (same params -> same weights), so on CPU this does nothing. On CUDA,
+    true asks for bitwise-reproducible runs: deterministic kernels only (an op without one raises rather than
+    varying silently), the cuBLAS workspace setting they need, and no cuDNN autotuning; slower. False lets
+    cuDNN benchmark and pick the fastest kernels, which may differ from run to run.
+    """
+    if device.type != "cuda":
+        return
+    if deterministic:
+        # Read when cuBLAS starts, i.e. before the first matmul; ":16:8" (also valid) is kept if already set.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
 def load_training_data():
     meta = data.load_meta(PREPARED_DIR)
     return meta, data.load_split(PREPARED_DIR, "train"), data.load_split(PREPARED_DIR, "val")
@@ -50,16 +70,22 @@ def chain_paths() -> list[Path]:
 
 
 def train_role(role: str, group: dict, seed: int, loss_fn, out_path: Path, live_dir: Path,
-               meta: dict, train_data, val_data, extra_info: dict, upstream: list[Path] = ()) -> dict:
-    """Build, train and save one model; returns the info stored in its checkpoint."""
+               meta: dict, train_data, val_data, extra_info: dict, upstream: list[Path] = (), *,
+               cuda_deterministic: bool, params_group: str | None = None) -> dict:
+    """Build, train and save one model; returns the info stored in its checkpoint.
+
+    ``params_group`` is the params.yaml group of ``group`` (default: ``role``; the assistants share `assistant`).
+    """
     device = pick_device()
+    configure_cuda_determinism(cuda_deterministic, device)
     seed_everything(seed)
     spec = model_spec(group["arch"], meta, group["width"])
     model = build_model(**spec).to(device)
     cfg = TrainConfig.from_params(group, seed)
     run_id = [role, spec["arch"], extra_info, meta["files"], [sha256_file(p) for p in upstream]]
     result = train(model, loss_fn, train_data, val_data, cfg, role, live_dir=live_dir,
-                   resume_path=RESUME_DIR / f"{role}.pt", run_id=str(run_id))
+                   resume_path=RESUME_DIR / f"{role}.pt", run_id=str(run_id),
+                   batch_size_param=f"{params_group or role}.batch_size")
     info = {"role": role, "arch": spec["arch"], "best_epoch": result.best_epoch,
             "val_acc": result.best_val_acc, "train_seconds": round(result.seconds, 2), **extra_info}
     save_checkpoint(out_path, result.model, spec, info)

@@ -3,7 +3,9 @@
 Data stays a uint8 tensor on the training device; batches are cast and augmented there, as whole
 tensors (no per-sample PIL transforms, no DataLoader workers). The checkpoint kept is the epoch with
 the best validation accuracy, never a test-set choice. Every epoch writes a resume file atomically, so a
-killed run restarts from its last complete epoch and ends with the same weights as an uninterrupted one.
+killed run restarts from its last complete epoch and ends with the same weights (and the same dvclive logs)
+as an uninterrupted one. A training step that runs out of memory ends the run with a ResourceError that names
+the batch-size param to lower; nothing is written before the first step has succeeded.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from .errors import ResourceError
 from .io import safe_torch_load, atomic_torch_save
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -96,6 +99,38 @@ def fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def is_out_of_memory(err: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's "can't allocate memory" RuntimeError."""
+    if isinstance(err, (torch.OutOfMemoryError, MemoryError)):  # torch.cuda.OutOfMemoryError is the same class
+        return True
+    msg = str(err).lower()
+    return isinstance(err, RuntimeError) and any(
+        s in msg for s in ("can't allocate memory", "cannot allocate memory", "out of memory"))
+
+
+LIVE_KEYS = ("train_loss", "train_acc", "val_acc")
+
+
+def _open_live(live_dir: str | Path, history: list[dict]):
+    """A fresh dvclive log holding the epochs of ``history``, replayed from the resume file.
+
+    Not ``Live(resume=True)``: `dvc repro` deletes a stage's outputs (the live folder too) before rerunning
+    it, so after a kill the earlier epochs exist only in the resume file.
+    """
+    from dvclive import Live  # imported lazily: tests of the loop do not need it
+
+    live = Live(dir=str(live_dir), resume=False, save_dvc_exp=False, dvcyaml=False)
+    for row in history:
+        _log_live(live, row)
+    return live
+
+
+def _log_live(live, row: dict) -> None:
+    for key in LIVE_KEYS:
+        live.log_metric(key, row[key])
+    live.next_step()
+
+
 @dataclass
 class TrainResult:
     model: nn.Module
@@ -115,8 +150,12 @@ def train(
     live_dir: str | Path | None = None,
     resume_path: str | Path | None = None,
     run_id: str = "",
+    batch_size_param: str = "batch_size",
 ) -> TrainResult:
-    """Train ``model`` in place and return it loaded with its best-validation-accuracy weights."""
+    """Train ``model`` in place and return it loaded with its best-validation-accuracy weights.
+
+    ``batch_size_param`` is the params.yaml key named when a step runs out of memory (``teacher.batch_size``).
+    """
     device = next(model.parameters()).device
     x_train, y_train = (t.to(device) for t in train_data)
     x_val, y_val = (t.to(device) for t in val_data)
@@ -140,12 +179,7 @@ def train(
             history = json.loads(saved["history"])
             print(f"[{role}] resuming after epoch {start_epoch} from {resume_path}")
 
-    live = None
-    if live_dir is not None:
-        from dvclive import Live  # imported lazily: tests of the loop do not need it
-
-        live = Live(dir=str(live_dir), resume=start_epoch > 0, save_dvc_exp=False, dvcyaml=False)
-
+    live = None  # opened after the first epoch: nothing is written before a training step has succeeded
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         model.train()
@@ -161,10 +195,20 @@ def train(
                 xb = augment_batch(xb, gen)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(cfg, epoch * steps_per_epoch + i, total_steps)
-            loss, logits = loss_fn(model, xb, yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            try:
+                loss, logits = loss_fn(model, xb, yb)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            except (RuntimeError, MemoryError) as err:
+                if not is_out_of_memory(err):
+                    raise
+                raise ResourceError(
+                    f"[{role}] out of memory in a training step (epoch {epoch + 1}, step {i + 1}) with "
+                    f"`{batch_size_param}` = {cfg.batch_size} on {device.type}. Lower `{batch_size_param}` in "
+                    f"params.yaml (e.g. to {max(cfg.batch_size // 2, 1)}; training then restarts from epoch 1), or free "
+                    f"memory used by other processes, then rerun. Detail: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+                ) from err
             loss_sum += loss.item() * len(yb)
             correct += (logits.argmax(1) == yb).sum().item()
             seen += len(yb)
@@ -177,10 +221,10 @@ def train(
         if val_acc > best_val:
             best_val, best_epoch = val_acc, epoch + 1
             best_state = copy.deepcopy({k: v.detach() for k, v in model.state_dict().items()})
-        if live is not None:
-            for key in ("train_loss", "train_acc", "val_acc"):
-                live.log_metric(key, row[key])
-            live.next_step()
+        if live_dir is not None:
+            if live is None:
+                live = _open_live(live_dir, history[:-1])
+            _log_live(live, row)
         if resume_path:
             atomic_torch_save({
                 "run_id": run_id, "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -189,7 +233,9 @@ def train(
                 "best_val": best_val, "best_epoch": best_epoch, "best_state": best_state,
                 "history": json.dumps(history), "elapsed": elapsed,
             }, resume_path)
-    if live is not None:
+    if live_dir is not None:
+        if live is None:  # every epoch was done before the restart (killed before the checkpoint was saved)
+            live = _open_live(live_dir, history)
         live.end()
     model.load_state_dict(best_state)
     model.eval()
