@@ -1,7 +1,8 @@
-"""Turn `dvc exp show --json` into a markdown table (one row per experiment, the deployed student).
+"""Markdown tables from results: one row per experiment (`dvc exp show --json`) or per model (metrics.json).
 
     dvc exp show --json > /tmp/exps.json && python src/report.py /tmp/exps.json
     dvc exp show --json | python src/report.py -          # same, from a pipe
+    python src/report.py --models metrics.json            # every model of the current run
 
 Columns: the params that define a variant, then the student's clean accuracy, robust accuracy under
 the papers' softmax-CE PGD and under AutoAttack at the headline ε, the per-point worst case, the CW-L2
@@ -37,10 +38,47 @@ def _fmt(value, pct=True):
     return f"{100 * value:.1f}" if pct else f"{value:.3g}"
 
 
+METRIC_COLUMNS = ("clean %", "softmax-CE PGD %", "margin PGD %", "AutoAttack %", "worst case %", "CW-L2 median",
+                  "sensitivity (softmax)", "sensitivity (logit)", "masking flagged")
+
+
+def metric_cells(metrics: dict, eps_key: str) -> list[str]:
+    robust = metrics["robust_acc"]
+    return [
+        _fmt(metrics["clean_acc"]),
+        _fmt(robust["pgd_softmax_ce"].get(eps_key)),
+        _fmt(robust["pgd_margin"].get(eps_key)),
+        _fmt(metrics["autoattack_headline"]),
+        _fmt(metrics["worst_case_headline"]),
+        _fmt(metrics["cw_l2_median"], pct=False),
+        _fmt(metrics["sensitivity_softmax"], pct=False),
+        _fmt(metrics["sensitivity_logit"], pct=False),
+        _fmt(metrics["gradient_masking"]),
+    ]
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def chain_position(name: str) -> tuple[int, int]:
+    """teacher, assistant_1, assistant_2, ..., student (metrics.json itself is sorted by name)."""
+    if name.startswith("assistant_"):
+        return (1, int(name.split("_")[1]))
+    return (0, 0) if name == "teacher" else (2, 0)
+
+
+def models_table(metrics: dict, headline_eps: float) -> str:
+    key = "eps_" + f"{headline_eps:g}".replace(".", "p")
+    lines = [_row(["model", "train T", *METRIC_COLUMNS]), "|" + "---|" * (2 + len(METRIC_COLUMNS))]
+    for name, m in sorted(metrics.items(), key=lambda kv: chain_position(kv[0])):
+        lines.append(_row([name, f"{m['train_temperature']:g}", *metric_cells(m, key)]))
+    return "\n".join(lines)
+
+
 def table(entries: list, model: str = "student") -> str:
-    header = ["experiment", *PARAM_COLUMNS, "clean %", "softmax-CE PGD %", "AutoAttack %", "worst case %",
-              "CW-L2 median", "sensitivity (softmax)", "masking flagged"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    header = ["experiment", *PARAM_COLUMNS, *METRIC_COLUMNS]
+    lines = [_row(header), "|" + "---|" * len(header)]
     seen = set()
     for name, data in _experiments(entries):
         params = data["params"]["params.yaml"]["data"]
@@ -50,24 +88,28 @@ def table(entries: list, model: str = "student") -> str:
         if key in seen:  # the workspace repeats the commit it sits on
             continue
         seen.add(key)
-        lines.append("| " + " | ".join([
-            name, *[str(params.get(c)) for c in PARAM_COLUMNS],
-            _fmt(metrics["clean_acc"]),
-            _fmt(metrics["robust_acc"]["pgd_softmax_ce"].get(eps_key)),
-            _fmt(metrics["autoattack_headline"]),
-            _fmt(metrics["worst_case_headline"]),
-            _fmt(metrics["cw_l2_median"], pct=False),
-            _fmt(metrics["sensitivity_softmax"], pct=False),
-            _fmt(metrics["gradient_masking"]),
-        ]) + " |")
+        lines.append(_row([name, *[str(params.get(c)) for c in PARAM_COLUMNS], *metric_cells(metrics, eps_key)]))
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("exp_show_json", help="output of `dvc exp show --json` (a file, or - for stdin)")
+    parser.add_argument("exp_show_json", nargs="?", help="output of `dvc exp show --json` (a file, or - for stdin)")
     parser.add_argument("--model", default="student", help="which model's metrics to tabulate (default: student)")
+    parser.add_argument("--models", metavar="METRICS_JSON", help="tabulate every model of one metrics.json instead")
+    parser.add_argument("--headline-eps", type=float, default=None,
+                        help="with --models: the ε of the robust-accuracy columns (default: params.yaml attack.headline_eps)")
     args = parser.parse_args(argv)
+    if args.models:
+        eps = args.headline_eps
+        if eps is None:
+            import yaml
+
+            eps = yaml.safe_load(open("params.yaml"))["attack"]["headline_eps"]
+        print(models_table(json.loads(open(args.models).read()), eps))
+        return
+    if not args.exp_show_json:
+        parser.error("give the `dvc exp show --json` output (or --models metrics.json)")
     text = sys.stdin.read() if args.exp_show_json == "-" else open(args.exp_show_json).read()
     print(table(json.loads(text), args.model))
 

@@ -78,8 +78,11 @@ def test_checkpoint_round_trip(tmp_path):
     model = build_model(**spec)
     save_checkpoint(tmp_path / "m.pt", model, spec, {"role": "teacher"})
     loaded, info = load_checkpoint(tmp_path / "m.pt")
+    assert info == {"role": "teacher"}
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
     x = torch.rand(3, 1, 28, 28)
-    assert torch.equal(loaded(x), model.eval()(x)) and info == {"role": "teacher"}
+    # loaded models run channels_last: same weights, summation order may differ in the last bits
+    torch.testing.assert_close(loaded(x), model.eval()(x), rtol=1e-5, atol=1e-6)
 
 
 class Payload:

@@ -11,7 +11,7 @@ import torch
 from . import data, params as params_mod
 from .errors import ProjectError
 from .io import sha256_file
-from .models import build_model, load_checkpoint, model_spec, save_checkpoint
+from .models import build_model, load_checkpoint, model_spec, place, save_checkpoint
 from .training import TrainConfig, pick_device, train
 
 PREPARED_DIR = Path("data/prepared")
@@ -80,7 +80,7 @@ def train_role(role: str, group: dict, seed: int, loss_fn, out_path: Path, live_
     configure_cuda_determinism(cuda_deterministic, device)
     seed_everything(seed)
     spec = model_spec(group["arch"], meta, group["width"])
-    model = build_model(**spec).to(device)
+    model = place(build_model(**spec), device)
     cfg = TrainConfig.from_params(group, seed)
     run_id = [role, spec["arch"], extra_info, meta["files"], [sha256_file(p) for p in upstream]]
     result = train(model, loss_fn, train_data, val_data, cfg, role, live_dir=live_dir,

@@ -51,7 +51,8 @@ def pick_device() -> torch.device:
 
 
 def to_float(x_uint8: torch.Tensor) -> torch.Tensor:
-    return x_uint8.float().div_(255.0)
+    """uint8 images -> float in [0, 1], channels_last (the layout the models are kept in)."""
+    return x_uint8.float().div_(255.0).contiguous(memory_format=torch.channels_last)
 
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
