@@ -1,0 +1,41 @@
+"""src/report.py turns `dvc exp show --json` (DVC 3 schema) and metrics.json into markdown tables."""
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+import report  # noqa: E402
+
+
+def metrics(clean, ce, aa, flagged, temperature=20):
+    return {"clean_acc": clean, "robust_acc": {"pgd_softmax_ce": {"eps_0p1": ce}, "pgd_margin": {"eps_0p1": aa}},
+            "autoattack_headline": aa, "worst_case_headline": aa, "cw_l2_median": None,
+            "sensitivity_softmax": 1e-20, "sensitivity_logit": 3.0, "gradient_masking": flagged,
+            "train_temperature": temperature}
+
+
+def state(rev, name, temperature, chain, student, experiments=None):
+    params = {"method": "defensive_distillation", "temperature": temperature, "chain_length": chain,
+              "attack": {"headline_eps": 0.1}}
+    data = {"rev": rev, "params": {"params.yaml": {"data": params}},
+            "metrics": {"metrics.json": {"data": {"student": student}}}}
+    return {"rev": rev, "name": name, "data": data, "error": None, "experiments": experiments}
+
+
+def test_exp_table_has_one_row_per_experiment():
+    exp = state("b" * 40, "hot-exp", 100, 0, metrics(0.85, 0.70, 0.003, True))
+    entries = [state("a" * 40, "main", 20, 1, metrics(0.861, 0.338, 0.018, True),
+                     experiments=[{"revs": [exp], "executor": None, "name": "hot-exp"}])]
+    lines = report.table(entries).splitlines()
+    assert len(lines) == 4
+    assert lines[2] == "| main | defensive_distillation | 20 | 1 | 86.1 | 33.8 | 1.8 | 1.8 | 1.8 | n/a | 1e-20 | 3 | yes |"
+    assert lines[3].startswith("| hot-exp | defensive_distillation | 100 | 0 | 85.0 | 70.0 | 0.3 |")
+
+
+def test_models_table_follows_chain_order(tmp_path):
+    m = {"student": metrics(0.8, 0.3, 0.01, True), "teacher": metrics(0.9, 0.3, 0.0, False),
+         "assistant_2": metrics(0.85, 0.3, 0.0, True), "assistant_1": metrics(0.86, 0.3, 0.0, True)}
+    (tmp_path / "metrics.json").write_text(json.dumps(m))
+    table = report.models_table(m, 0.1)
+    assert [row.split(" | ")[0].strip("| ") for row in table.splitlines()[2:]] == \
+        ["teacher", "assistant_1", "assistant_2", "student"]
