@@ -18,16 +18,24 @@ PARAM_COLUMNS = ("method", "temperature", "chain_length")
 
 
 def _experiments(entries: list) -> list[tuple[str, dict]]:
-    """(name, data) for every committed baseline and experiment that has results."""
-    rows = []
+    """(name, data) of every committed baseline and every finished experiment, the workspace last.
+
+    Queued, running and failed experiments are skipped: their metrics are not theirs yet.
+    """
+    rows, workspace = [], []
     for entry in entries:
-        runs = [entry] + [r for group in entry.get("experiments") or [] for r in group.get("revs", [])]
-        for run in runs:
-            data = run.get("data") or {}
-            name = run.get("name") or data.get("name") or run.get("rev", "?")[:7]
-            if data.get("metrics"):
-                rows.append((name, data))
-    return rows
+        name = "workspace" if entry.get("rev") == "workspace" else entry.get("name") or entry.get("rev", "?")[:7]
+        target = workspace if name == "workspace" else rows
+        if (entry.get("data") or {}).get("metrics"):
+            target.append((name, entry["data"]))
+        for group in entry.get("experiments") or []:
+            executor = group.get("executor") or {}
+            if executor.get("state", "success") != "success":
+                continue
+            for run in group.get("revs", []):
+                if (run.get("data") or {}).get("metrics"):
+                    rows.append((run.get("name") or run["rev"][:7], run["data"]))
+    return rows + workspace
 
 
 def _fmt(value, pct=True):

@@ -39,3 +39,11 @@ def test_models_table_follows_chain_order(tmp_path):
     table = report.models_table(m, 0.1)
     assert [row.split(" | ")[0].strip("| ") for row in table.splitlines()[2:]] == \
         ["teacher", "assistant_1", "assistant_2", "student"]
+
+
+def test_unfinished_experiments_are_skipped():
+    running = state("c" * 40, "still-running", 100, 1, metrics(0.861, 0.338, 0.018, True))
+    entries = [state("a" * 40, "main", 20, 1, metrics(0.861, 0.338, 0.018, True), experiments=[
+        {"revs": [running], "executor": {"state": "running"}, "name": "still-running"}])]
+    names = [row.split(" | ")[0].strip("| ") for row in report.table(entries).splitlines()[2:]]
+    assert names == ["main"]
