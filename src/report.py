@@ -22,18 +22,21 @@ def _experiments(entries: list) -> list[tuple[str, dict]]:
 
     Queued, running and failed experiments are skipped: their metrics are not theirs yet.
     """
+    def has_metrics(data: dict | None) -> bool:  # old commits may have no (or unreadable) metrics.json
+        return bool(((data or {}).get("metrics") or {}).get("metrics.json", {}).get("data"))
+
     rows, workspace = [], []
     for entry in entries:
         name = "workspace" if entry.get("rev") == "workspace" else entry.get("name") or entry.get("rev", "?")[:7]
         target = workspace if name == "workspace" else rows
-        if (entry.get("data") or {}).get("metrics"):
+        if has_metrics(entry.get("data")):
             target.append((name, entry["data"]))
         for group in entry.get("experiments") or []:
             executor = group.get("executor") or {}
             if executor.get("state", "success") != "success":
                 continue
             for run in group.get("revs", []):
-                if (run.get("data") or {}).get("metrics"):
+                if has_metrics(run.get("data")):
                     rows.append((run.get("name") or run["rev"][:7], run["data"]))
     return rows + workspace
 

@@ -47,3 +47,10 @@ def test_unfinished_experiments_are_skipped():
         {"revs": [running], "executor": {"state": "running"}, "name": "still-running"}])]
     names = [row.split(" | ")[0].strip("| ") for row in report.table(entries).splitlines()[2:]]
     assert names == ["main"]
+
+
+def test_commits_without_metrics_are_skipped():
+    old = {"rev": "d" * 40, "name": None, "error": None, "experiments": None,
+           "data": {"rev": "d" * 40, "params": {}, "metrics": {"metrics.json": {"error": {"type": "FileNotFoundError"}}}}}
+    entries = [old, state("a" * 40, "main", 20, 1, metrics(0.861, 0.338, 0.018, True))]
+    assert [row.split(" | ")[0].strip("| ") for row in report.table(entries).splitlines()[2:]] == ["main"]
