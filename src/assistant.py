@@ -1,6 +1,7 @@
 """Stage `assistant`: the teacher-assistant chain; assistant i is distilled from model i-1 at temperature T.
 
-Writes models/assistants/chain.json listing the chain in order (an empty list when chain_length = 0).
+Writes models/assistants/chain.json listing the chain in order: empty when chain_length = 0, and for
+methods without a chain (all but defensive_distillation), whatever chain_length says.
 """
 import shutil
 
@@ -18,13 +19,17 @@ def main(params: dict) -> None:
     ASSISTANTS_DIR.mkdir(parents=True)
     previous_path = MODELS_DIR / "teacher.pt"
     names = []
-    for i in range(1, params["chain_length"] + 1):
+    length = params["chain_length"] if method.uses_chain else 0
+    if length != params["chain_length"]:
+        print(f"[assistant] method {params['method']} has no teacher-assistant chain: chain_length "
+              f"= {params['chain_length']} is not used")
+    for i in range(1, length + 1):
         role = f"assistant_{i}"
         previous, _ = load_model(previous_path)
         out_path = ASSISTANTS_DIR / f"{role}.pt"
-        train_role(role, params["assistant"], params["seed"] + i, method.distill_loss(params, params["assistant"], previous),
+        train_role(role, params["assistant"], params["seed"] + i, method.student_loss(params, params["assistant"], previous),
                    out_path, LIVE_DIR / "assistants" / role, meta, train_data, val_data,
-                   extra_info={"method": params["method"], "temperature": params["temperature"],
+                   extra_info={"method": params["method"], "temperature": method.loss_temperature(params),
                                "distilled_from": previous_path.stem, "kd_lambda": params["assistant"]["kd_lambda"]},
                    upstream=[previous_path], cuda_deterministic=params["cuda_deterministic"],
                    params_group="assistant")

@@ -1,4 +1,8 @@
-"""Stage `metrics`: per-model metrics.json, gradient-masking report, plot data (JSON) and PNG figures."""
+"""Stage `metrics`: per-model metrics.json, gradient-masking report, plot data (JSON) and PNG figures.
+
+Training times go to timing.json, not metrics.json: metrics.json depends only on params (same params ->
+same bytes), wall-clock time never does.
+"""
 import json
 from pathlib import Path
 
@@ -37,6 +41,9 @@ def main(params: dict) -> None:
     metrics = {r["model"]: summarise(r, thresholds) for r in results}
     headline = results[0]["headline_eps"]
     atomic_write_json("metrics.json", metrics)
+    train_seconds = {r["model"]: r["info"].get("train_seconds") for r in results}
+    atomic_write_json("timing.json", {"train_seconds": train_seconds,
+                                      "train_seconds_total": round(sum(v or 0 for v in train_seconds.values()), 2)})
     atomic_write_text("results/gradient_masking.md", masking_report(metrics, headline))
 
     acc_rob = [{"model": n, "clean_acc": m["clean_acc"], "worst_case_acc": m["worst_case_headline"],

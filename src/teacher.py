@@ -1,14 +1,16 @@
-"""Stage `teacher`: train the first model of the chain with the method's teacher loss."""
-from robustkd.methods import METHODS
+"""Stage `teacher`: train the first model with `teacher.training` (auto = what the method needs)."""
+from robustkd.methods import loss_params, teacher_loss, teacher_temperature, teacher_training
 from robustkd.pipeline import LIVE_DIR, MODELS_DIR, load_training_data, run_stage, train_role
 
 
 def main(params: dict) -> None:
     meta, train_data, val_data = load_training_data()
-    method = METHODS[params["method"]]
-    train_role("teacher", params["teacher"], params["seed"], method.teacher_loss(params), MODELS_DIR / "teacher.pt",
+    training = teacher_training(params)
+    print(f"[teacher] method {params['method']}: teacher trained with {training!r}")
+    train_role("teacher", params["teacher"], params["seed"], teacher_loss(params), MODELS_DIR / "teacher.pt",
                LIVE_DIR / "teacher", meta, train_data, val_data,
-               extra_info={"method": params["method"], "temperature": params["temperature"]},
+               extra_info={"method": params["method"], "training": training,
+                           "temperature": teacher_temperature(params), "loss_params": loss_params(params)},
                cuda_deterministic=params["cuda_deterministic"])
 
 

@@ -1,13 +1,25 @@
-"""Training objectives. Each is ``loss(model, x, y) -> (scalar loss, logits on x)``.
+"""Training objectives. Each is ``loss(model, x, y) -> (scalar loss, logits)``.
 
 A new method is a new loss here plus an entry in :mod:`robustkd.methods`, not a new pipeline.
-Temperatures divide logits before the softmax; deployed models always predict at T = 1.
+Temperatures divide logits before the softmax. The returned logits (for the training-accuracy curve) are on
+the clean batch when the loss computes them, else on the adversarial batch (PGD-AT, ARD with α = 1).
+Teachers are frozen and queried in eval mode on the clean batch. Adversarial examples come from
+:func:`robustkd.adversarial.maximise` (model mode while crafting: ``train_attack.mode``).
+KL terms are batch means of the per-sample KL (``reduction="batchmean"``), the true KL divergence.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .adversarial import InnerAttack, maximise
+
+
+def kl(target_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(target) ‖ softmax(logits)), batch mean; gradients flow into both arguments."""
+    return F.kl_div(F.log_softmax(logits, dim=1), F.log_softmax(target_logits, dim=1),
+                    reduction="batchmean", log_target=True)
 
 
 def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -47,4 +59,108 @@ class Distillation:
         loss = self.kd_lambda * kd_kl(logits, teacher_logits, self.temperature)
         if self.kd_lambda < 1.0:
             loss = loss + (1.0 - self.kd_lambda) * F.cross_entropy(logits, y)
+        return loss, logits
+
+
+def _frozen_logits(teacher: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return teacher(x)
+
+
+class PGDAT:
+    """Madry et al. 2018: CE(f(x_adv), y), x_adv = PGD on the CE from a uniform random start."""
+
+    def __init__(self, attack: InnerAttack):
+        self.attack = attack
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+        x_adv = maximise(model, x, lambda z: F.cross_entropy(z, y), self.attack)
+        logits = model(x_adv)
+        return F.cross_entropy(logits, y), logits
+
+
+def _trades_adversarial(model: nn.Module, x: torch.Tensor, attack: InnerAttack) -> torch.Tensor:
+    """TRADES' inner step: maximise KL(f(x) ‖ f(x')), f(x) fixed and computed in the crafting mode."""
+    mode = model.training
+    model.train(attack.mode == "train")
+    clean = _frozen_logits(model, x)
+    model.train(mode)
+    return maximise(model, x, lambda z: kl(clean, z), attack)
+
+
+class TRADES:
+    """Zhang et al. 2019: CE(f(x), y) + β·KL(f(x) ‖ f(x_adv)); β = 0 is plain CE."""
+
+    def __init__(self, attack: InnerAttack, beta: float):
+        self.attack, self.beta = attack, float(beta)
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+        x_adv = _trades_adversarial(model, x, self.attack)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        if self.beta:
+            loss = loss + self.beta * kl(logits, model(x_adv))
+        return loss, logits
+
+
+class ARD:
+    """Goldblum et al. 2020: α·T²·KL(t(x)/T ‖ s(x_adv)/T) + (1 − α)·CE(s(x), y).
+
+    x_adv = PGD on the student's CE (as ARD's code), from a uniform random start.
+    """
+
+    def __init__(self, teacher: nn.Module, attack: InnerAttack, temperature: float, alpha: float):
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.attack, self.temperature, self.alpha = attack, float(temperature), float(alpha)
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+        teacher_logits = _frozen_logits(self.teacher, x)
+        x_adv = maximise(model, x, lambda z: F.cross_entropy(z, y), self.attack)
+        adv_logits = model(x_adv)
+        loss = self.alpha * kd_kl(adv_logits, teacher_logits, self.temperature)
+        if self.alpha < 1.0:
+            logits = model(x)
+            return loss + (1.0 - self.alpha) * F.cross_entropy(logits, y), logits
+        return loss, adv_logits
+
+
+class RSLAD:
+    """Zi et al. 2021: w·KL(t(x) ‖ s(x_adv)) + (1 − w)·KL(t(x) ‖ s(x)), w = 5/6 in the paper.
+
+    x_adv maximises KL(t(x) ‖ s(x')) from x + 0.001·N(0, 1): the teacher's robust soft labels replace
+    the hard labels everywhere, in the attack too.
+    """
+
+    def __init__(self, teacher: nn.Module, attack: InnerAttack, adv_weight: float):
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.attack, self.adv_weight = attack, float(adv_weight)
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+        teacher_logits = _frozen_logits(self.teacher, x)
+        x_adv = maximise(model, x, lambda z: kl(teacher_logits, z), self.attack)
+        logits = model(x)
+        loss = self.adv_weight * kl(teacher_logits, model(x_adv)) + (1.0 - self.adv_weight) * kl(teacher_logits, logits)
+        return loss, logits
+
+
+class LTD:
+    """Chen & Lee 2021, combined with TRADES as the paper does:
+    KL(softmax(t(x)/τ_t) ‖ softmax(s(x))) + β·KL(s(x) ‖ s(x_adv)).
+
+    The teacher's soft labels come at a low temperature τ_t. The student's own temperature τ_s lives
+    inside the student model (its logits are divided by τ_s, in training and at inference), so s(x) here
+    is already at τ_s and every attack sees the deployed, tempered model. x_adv is TRADES' inner step.
+    """
+
+    def __init__(self, teacher: nn.Module, attack: InnerAttack, teacher_temperature: float, beta: float):
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.attack, self.teacher_temperature, self.beta = attack, float(teacher_temperature), float(beta)
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+        soft_labels = _frozen_logits(self.teacher, x) / self.teacher_temperature
+        x_adv = _trades_adversarial(model, x, self.attack)
+        logits = model(x)
+        loss = kl(soft_labels, logits)
+        if self.beta:
+            loss = loss + self.beta * kl(logits, model(x_adv))
         return loss, logits

@@ -32,15 +32,20 @@ class Normalize(nn.Module):
 
 
 class Classifier(nn.Module):
-    def __init__(self, features: nn.Module, feature_dim: int, num_classes: int, mean, std):
+    """``temperature`` divides the logits at the output, in training and at inference: a model that keeps
+    its temperature when deployed (LTD's student). 1 for every other model."""
+
+    def __init__(self, features: nn.Module, feature_dim: int, num_classes: int, mean, std, temperature: float = 1.0):
         super().__init__()
         self.normalize = Normalize(mean, std)
         self.features = features
         self.feature_dim = feature_dim
         self.head = nn.Linear(feature_dim, num_classes)
+        self.temperature = float(temperature)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(self.normalize(x)))
+        logits = self.head(self.features(self.normalize(x)))
+        return logits if self.temperature == 1.0 else logits / self.temperature
 
 
 def _flat_dim(module: nn.Module, channels: int, size: int) -> int:
@@ -102,11 +107,14 @@ ARCHITECTURES: dict[str, Callable[..., tuple[nn.Module, int]]] = {
 }
 
 
-def build_model(arch: str, channels: int, size: int, num_classes: int, mean, std, width: str = "mnist") -> Classifier:
+def build_model(arch: str, channels: int, size: int, num_classes: int, mean, std, width: str = "mnist",
+                temperature: float = 1.0) -> Classifier:
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; allowed: {', '.join(ARCHITECTURES)}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
     features, dim = ARCHITECTURES[arch](channels, size, width)
-    return Classifier(features, dim, num_classes, mean, std)
+    return Classifier(features, dim, num_classes, mean, std, temperature)
 
 
 def place(model: nn.Module, device: str | torch.device) -> nn.Module:
@@ -114,11 +122,11 @@ def place(model: nn.Module, device: str | torch.device) -> nn.Module:
     return model.to(device=device, memory_format=torch.channels_last)
 
 
-def model_spec(arch: str, meta: dict, width: str = "mnist") -> dict[str, Any]:
+def model_spec(arch: str, meta: dict, width: str = "mnist", temperature: float = 1.0) -> dict[str, Any]:
     """Everything needed to rebuild the model, as plain data (stored inside checkpoints)."""
     channels, size, _ = meta["shape"]
     return {"arch": arch, "channels": channels, "size": size, "num_classes": meta["num_classes"],
-            "mean": list(meta["mean"]), "std": list(meta["std"]), "width": width}
+            "mean": list(meta["mean"]), "std": list(meta["std"]), "width": width, "temperature": float(temperature)}
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, spec: dict, info: dict) -> None:

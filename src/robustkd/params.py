@@ -18,7 +18,8 @@ from .errors import ParamsError
 
 ARCHS = ("papernot_cnn", "lenet", "resnet18", "mobilenetv2")
 DATASET_NAMES = ("fashion_mnist", "mnist", "cifar10", "cifar100", "tinyimagenet")
-METHODS = ("defensive_distillation",)
+METHODS = ("natural", "defensive_distillation", "pgd_at", "trades", "ard", "rslad", "ltd")
+TEACHER_TRAININGS = ("auto", "natural", "temperature", "pgd_at", "trades")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine")
 WIDTHS = ("mnist", "cifar")
@@ -185,10 +186,24 @@ SCHEMA = Group(
                 "test_subset": Nullable(Int(1)),
             }
         ),
-        "teacher": training_group(),
+        "teacher": training_group({"training": Choice(TEACHER_TRAININGS)}),
         "assistant": training_group({"kd_lambda": PROBABILITY}),
         "student": training_group({"kd_lambda": PROBABILITY}),
         "surrogate": training_group({"seed": Int(0, 2**31 - 1)}),
+        "train_attack": Group(
+            {
+                "eps": Nullable(EPS),
+                "steps": Int(0, 10_000),
+                "step_size_ratio": Float(0.0, 10.0, min_exclusive=True),
+                "mode": Choice(("eval", "train")),
+            }
+        ),
+        "trades": Group({"beta": Float(0.0, 1e4)}),
+        "ard": Group({"temperature": Float(0.0, 1e4, min_exclusive=True), "alpha": PROBABILITY}),
+        "rslad": Group({"adv_weight": PROBABILITY}),
+        "ltd": Group({"teacher_temperature": Float(0.0, 1e4, min_exclusive=True),
+                      "student_temperature": Float(0.0, 1e4, min_exclusive=True),
+                      "beta": Float(0.0, 1e4)}),
         "attack": Group(
             {
                 "n_points": Nullable(Int(1)),

@@ -71,15 +71,16 @@ def chain_paths() -> list[Path]:
 
 def train_role(role: str, group: dict, seed: int, loss_fn, out_path: Path, live_dir: Path,
                meta: dict, train_data, val_data, extra_info: dict, upstream: list[Path] = (), *,
-               cuda_deterministic: bool, params_group: str | None = None) -> dict:
+               cuda_deterministic: bool, params_group: str | None = None, output_temperature: float = 1.0) -> dict:
     """Build, train and save one model; returns the info stored in its checkpoint.
 
     ``params_group`` is the params.yaml group of ``group`` (default: ``role``; the assistants share `assistant`).
+    ``output_temperature`` divides the model's logits, in training and once deployed (see ``Classifier``).
     """
     device = pick_device()
     configure_cuda_determinism(cuda_deterministic, device)
     seed_everything(seed)
-    spec = model_spec(group["arch"], meta, group["width"])
+    spec = model_spec(group["arch"], meta, group["width"], output_temperature)
     model = place(build_model(**spec), device)
     cfg = TrainConfig.from_params(group, seed)
     run_id = [role, spec["arch"], extra_info, meta["files"], [sha256_file(p) for p in upstream]]

@@ -11,42 +11,19 @@ Contract (torchattacks-style) for every attack in this package:
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence, Union
+from typing import Callable, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..adversarial import frozen, project_linf  # noqa: F401  (shared with training-time attacks)
 
 # A single generator for the whole batch, or one generator per point (batch-size invariant, see
 # ``attack_in_batches``).
 GeneratorArg = Union[torch.Generator, Sequence[torch.Generator], None]
 
 NORMS = ("linf", "l2")
-
-
-@contextmanager
-def frozen(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode and ``requires_grad=False`` on every parameter for the duration of the block.
-
-    Eval mode: dropout / batch-norm statistics must not change the function being attacked.
-    No parameter gradients: the attack only needs d loss / d x, and parameter grads would waste
-    memory and could leak into a training loop's ``.grad``. Each module's own training flag and
-    each parameter's own requires_grad flag are restored (not a blanket ``model.train()``), even
-    when the block raises.
-    """
-    modes = [(m, m.training) for m in model.modules()]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        model.eval()
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield model
-    finally:
-        for m, mode in modes:
-            m.training = mode
-        for p, flag in flags:
-            p.requires_grad_(flag)
 
 
 # ----------------------------------------------------------------------------------------- losses
@@ -131,11 +108,6 @@ def check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
 def _per_sample_norm(d: torch.Tensor) -> torch.Tensor:
     """L2 norm of each sample, shaped (N, 1, 1, 1) for broadcasting."""
     return d.flatten(1).norm(p=2, dim=1).view(-1, *([1] * (d.dim() - 1)))
-
-
-def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
-    """Nearest point of (L∞ ball around x) ∩ [0, 1]^d: the two boxes intersect, so clamping twice is exact."""
-    return torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)
 
 
 def project_l2(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
