@@ -35,8 +35,9 @@ def main(params: dict) -> None:
                    params_group="assistant")
         names.append(out_path.name)
         previous_path = out_path
-    (LIVE_DIR / "assistants").mkdir(parents=True, exist_ok=True)
     atomic_write_json(CHAIN_MANIFEST, {"assistants": names})
+    # Also in the live folder: an empty folder is not kept by git, and DVC would then see the output missing.
+    atomic_write_json(LIVE_DIR / "assistants" / "chain.json", {"assistants": names})
     print(f"[assistant] chain of {len(names)} assistant(s): {names}")
 
 

@@ -6,7 +6,8 @@
 
 Columns: the params that define a variant, then the student's clean accuracy, robust accuracy under
 the papers' softmax-CE PGD and under AutoAttack at the headline ε, the per-point worst case, the CW-L2
-median, the softmax sensitivity and the gradient-masking flag.
+median, the softmax sensitivity and the gradient-masking flag; per experiment also the training time
+of all its models (timing.json: teacher, assistants and student, not the shared surrogate).
 """
 from __future__ import annotations
 
@@ -87,8 +88,14 @@ def models_table(metrics: dict, headline_eps: float) -> str:
     return "\n".join(lines)
 
 
+def training_minutes(data: dict) -> str:
+    timing = ((data.get("metrics") or {}).get("timing.json") or {}).get("data") or {}
+    total = timing.get("train_seconds_total")
+    return "n/a" if total is None else f"{total / 60:.1f}"
+
+
 def table(entries: list, model: str = "student") -> str:
-    header = ["experiment", *PARAM_COLUMNS, *METRIC_COLUMNS]
+    header = ["experiment", *PARAM_COLUMNS, *METRIC_COLUMNS, "train min (all models)"]
     lines = [_row(header), "|" + "---|" * len(header)]
     seen = set()
     for name, data in _experiments(entries):
@@ -99,7 +106,8 @@ def table(entries: list, model: str = "student") -> str:
         if key in seen:  # the workspace repeats the commit it sits on
             continue
         seen.add(key)
-        lines.append(_row([name, *[str(params.get(c)) for c in PARAM_COLUMNS], *metric_cells(metrics, eps_key)]))
+        lines.append(_row([name, *[str(params.get(c)) for c in PARAM_COLUMNS], *metric_cells(metrics, eps_key),
+                           training_minutes(data)]))
     return "\n".join(lines)
 
 

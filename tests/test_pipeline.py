@@ -68,3 +68,23 @@ def test_plots_show_writes_html(repo):
     run(["dvc", "plots", "show", "-o", "plots_html"], repo)
     html = (repo / "plots_html" / "index.html").read_text()
     assert "Accuracy vs robustness" in html
+
+
+def test_exp_run_robust_distillation_method_end_to_end(repo):
+    """`dvc exp run -S method=ltd`: an adversarially trained teacher, no assistant chain (chain_length is
+    ignored), a student that keeps its temperature, the full evaluation; prepare and surrogate are reused."""
+    out = run(["dvc", "exp", "run", "-S", "method=ltd", "-S", "ltd.student_temperature=2.0"], repo)
+    assert stages_run(out.stdout) == {"teacher", "assistant", "student", "attack", "metrics"}
+    metrics = json.loads((repo / "metrics.json").read_text())
+    assert set(metrics) == {"teacher", "student"} and metrics["student"]["method"] == "ltd"
+    teacher = json.loads((repo / "results" / "attack" / "teacher.json").read_text())["info"]
+    student = json.loads((repo / "results" / "attack" / "student.json").read_text())["info"]
+    assert teacher["training"] == "pgd_at" and teacher["loss_params"]["train_attack"]["eps"] == 0.1
+    assert student["distilled_from"] == "teacher" and student["output_temperature"] == 2.0
+    timing = json.loads((repo / "timing.json").read_text())
+    assert set(timing["train_seconds"]) == {"teacher", "student"} and timing["train_seconds_total"] > 0
+    # a robust-training setting reruns training; the attack settings alone would not
+    out = run(["dvc", "exp", "run", "-S", "method=ltd", "-S", "ltd.student_temperature=2.0", "-S", "ltd.beta=1.0"], repo)
+    assert stages_run(out.stdout) == {"student", "attack", "metrics"}
+    run(["git", "checkout", "params.yaml"], repo)
+    run(["dvc", "checkout"], repo)

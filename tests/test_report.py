@@ -14,22 +14,25 @@ def metrics(clean, ce, aa, flagged, temperature=20):
             "train_temperature": temperature}
 
 
-def state(rev, name, temperature, chain, student, experiments=None):
+def state(rev, name, temperature, chain, student, experiments=None, train_seconds=None):
     params = {"method": "defensive_distillation", "temperature": temperature, "chain_length": chain,
               "attack": {"headline_eps": 0.1}}
     data = {"rev": rev, "params": {"params.yaml": {"data": params}},
             "metrics": {"metrics.json": {"data": {"student": student}}}}
+    if train_seconds is not None:
+        data["metrics"]["timing.json"] = {"data": {"train_seconds_total": train_seconds}}
     return {"rev": rev, "name": name, "data": data, "error": None, "experiments": experiments}
 
 
 def test_exp_table_has_one_row_per_experiment():
-    exp = state("b" * 40, "hot-exp", 100, 0, metrics(0.85, 0.70, 0.003, True))
+    exp = state("b" * 40, "hot-exp", 100, 0, metrics(0.85, 0.70, 0.003, True), train_seconds=639.0)
     entries = [state("a" * 40, "main", 20, 1, metrics(0.861, 0.338, 0.018, True),
                      experiments=[{"revs": [exp], "executor": None, "name": "hot-exp"}])]
     lines = report.table(entries).splitlines()
     assert len(lines) == 4
-    assert lines[2] == "| main | defensive_distillation | 20 | 1 | 86.1 | 33.8 | 1.8 | 1.8 | 1.8 | n/a | 1e-20 | 3 | yes |"
+    assert lines[2] == "| main | defensive_distillation | 20 | 1 | 86.1 | 33.8 | 1.8 | 1.8 | 1.8 | n/a | 1e-20 | 3 | yes | n/a |"
     assert lines[3].startswith("| hot-exp | defensive_distillation | 100 | 0 | 85.0 | 70.0 | 0.3 |")
+    assert lines[3].endswith("| 10.7 |")  # minutes of training, from timing.json
 
 
 def test_models_table_follows_chain_order(tmp_path):
