@@ -2,6 +2,8 @@
 
     dvc exp show --json > /tmp/exps.json && python src/report.py /tmp/exps.json
     dvc exp show --json | python src/report.py -          # same, from a pipe
+    dvc exp show --all-commits --json | python src/report.py - --commit 1a2b3c4 --experiments-only --params method
+                                                          # one sweep: the experiments queued from commit 1a2b3c4
     python src/report.py --models metrics.json            # every model of the current run
 
 Columns: the params that define a variant, then the student's clean accuracy, robust accuracy under
@@ -55,17 +57,18 @@ METRIC_COLUMNS = ("clean %", "softmax-CE PGD %", "margin PGD %", "AutoAttack %",
 
 
 def metric_cells(metrics: dict, eps_key: str) -> list[str]:
-    robust = metrics["robust_acc"]
+    """The metric columns; a key missing from an older schema shows as n/a."""
+    robust = metrics.get("robust_acc", {})
     return [
-        _fmt(metrics["clean_acc"]),
-        _fmt(robust["pgd_softmax_ce"].get(eps_key)),
-        _fmt(robust["pgd_margin"].get(eps_key)),
-        _fmt(metrics["autoattack_headline"]),
-        _fmt(metrics["worst_case_headline"]),
-        _fmt(metrics["cw_l2_median"], pct=False),
-        _fmt(metrics["sensitivity_softmax"], pct=False),
-        _fmt(metrics["sensitivity_logit"], pct=False),
-        _fmt(metrics["gradient_masking"]),
+        _fmt(metrics.get("clean_acc")),
+        _fmt(robust.get("pgd_softmax_ce", {}).get(eps_key)),
+        _fmt(robust.get("pgd_margin", {}).get(eps_key)),
+        _fmt(metrics.get("autoattack_headline")),
+        _fmt(metrics.get("worst_case_headline")),
+        _fmt(metrics.get("cw_l2_median"), pct=False),
+        _fmt(metrics.get("sensitivity_softmax"), pct=False),
+        _fmt(metrics.get("sensitivity_logit"), pct=False),
+        _fmt(metrics.get("gradient_masking")),
     ]
 
 
@@ -94,19 +97,26 @@ def training_minutes(data: dict) -> str:
     return "n/a" if total is None else f"{total / 60:.1f}"
 
 
-def table(entries: list, model: str = "student") -> str:
-    header = ["experiment", *PARAM_COLUMNS, *METRIC_COLUMNS, "train min (all models)"]
+def table(entries: list, model: str = "student", commit: str | None = None, experiments_only: bool = False,
+          param_columns: tuple[str, ...] = PARAM_COLUMNS) -> str:
+    """One row per experiment; ``commit``: only that commit (a SHA prefix) and the experiments based on it;
+    ``experiments_only``: leave out the commits' own (committed) results."""
+    if commit:
+        entries = [e for e in entries if str(e.get("rev", "")).startswith(commit)]
+    if experiments_only:
+        entries = [{**e, "data": None} for e in entries]
+    header = ["experiment", *param_columns, *METRIC_COLUMNS, "train min (all models)"]
     lines = [_row(header), "|" + "---|" * len(header)]
     seen = set()
     for name, data in _experiments(entries):
         params = data["params"]["params.yaml"]["data"]
         metrics = data["metrics"]["metrics.json"]["data"][model]
         eps_key = "eps_" + f"{params['attack']['headline_eps']:g}".replace(".", "p")
-        key = (tuple(params.get(c) for c in PARAM_COLUMNS), json.dumps(metrics, sort_keys=True))
+        key = (tuple(params.get(c) for c in param_columns), json.dumps(metrics, sort_keys=True))
         if key in seen:  # the workspace repeats the commit it sits on
             continue
         seen.add(key)
-        lines.append(_row([name, *[str(params.get(c)) for c in PARAM_COLUMNS], *metric_cells(metrics, eps_key),
+        lines.append(_row([name, *[str(params.get(c)) for c in param_columns], *metric_cells(metrics, eps_key),
                            training_minutes(data)]))
     return "\n".join(lines)
 
@@ -115,6 +125,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("exp_show_json", nargs="?", help="output of `dvc exp show --json` (a file, or - for stdin)")
     parser.add_argument("--model", default="student", help="which model's metrics to tabulate (default: student)")
+    parser.add_argument("--commit", help="only this commit (SHA prefix) and the experiments queued from it")
+    parser.add_argument("--experiments-only", action="store_true", help="leave out the commits' own results")
+    parser.add_argument("--params", default=",".join(PARAM_COLUMNS),
+                        help=f"top-level params shown as columns (default: {','.join(PARAM_COLUMNS)})")
     parser.add_argument("--models", metavar="METRICS_JSON", help="tabulate every model of one metrics.json instead")
     parser.add_argument("--headline-eps", type=float, default=None,
                         help="with --models: the ε of the robust-accuracy columns (default: params.yaml attack.headline_eps)")
@@ -130,7 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     if not args.exp_show_json:
         parser.error("give the `dvc exp show --json` output (or --models metrics.json)")
     text = sys.stdin.read() if args.exp_show_json == "-" else open(args.exp_show_json).read()
-    print(table(json.loads(text), args.model))
+    print(table(json.loads(text), args.model, args.commit, args.experiments_only,
+                tuple(c for c in args.params.split(",") if c)))
 
 
 if __name__ == "__main__":

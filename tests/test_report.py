@@ -57,3 +57,14 @@ def test_commits_without_metrics_are_skipped():
            "data": {"rev": "d" * 40, "params": {}, "metrics": {"metrics.json": {"error": {"type": "FileNotFoundError"}}}}}
     entries = [old, state("a" * 40, "main", 20, 1, metrics(0.861, 0.338, 0.018, True))]
     assert [row.split(" | ")[0].strip("| ") for row in report.table(entries).splitlines()[2:]] == ["main"]
+
+
+def test_commit_filter_experiments_only_and_param_columns():
+    exp = state("b" * 40, "ltd-exp", 20, 1, metrics(0.80, 0.72, 0.71, False), train_seconds=1200.0)
+    other = state("e" * 40, "other", 20, 1, metrics(0.5, 0.5, 0.5, False))
+    entries = [state("a" * 40, "main", 20, 1, metrics(0.861, 0.338, 0.018, True),
+                     experiments=[{"revs": [exp], "executor": None, "name": "ltd-exp"}]), other]
+    lines = report.table(entries, commit="aaa", experiments_only=True, param_columns=("method",)).splitlines()
+    assert lines[0].startswith("| experiment | method | clean % |")
+    assert [row.split(" | ")[0].strip("| ") for row in lines[2:]] == ["ltd-exp"]
+    assert lines[2].endswith("| no | 20.0 |")
