@@ -1,13 +1,15 @@
 """Stage `attack`: run the attack suite on every model of the chain; per-point results -> results/attack/.
 
-Also draws plots/adversarial_examples.png (clean vs adversarial images with each model's prediction).
+With purifiers (method purification) every model is also given the paper's protocol: examples crafted on the
+teacher classifier alone. Also draws plots/adversarial_examples.png: clean vs adversarial images with each
+model's prediction, or for purification the adversarial images before and after each purifier.
 """
 import shutil
 from pathlib import Path
 
 import torch
 
-from robustkd import attacks, data, evaluation, plotting
+from robustkd import attacks, data, evaluation, plotting, purification
 from robustkd.errors import ParamsError
 from robustkd.io import atomic_write_json
 from robustkd.pipeline import MODELS_DIR, PREPARED_DIR, chain_paths, load_model, run_stage
@@ -17,9 +19,27 @@ RESULTS_DIR = Path("results/attack")
 
 
 def model_paths() -> dict[str, Path]:
-    """Every evaluated model in chain order: teacher, assistant_1..k, student."""
-    chain = chain_paths()
-    return {"teacher": MODELS_DIR / "teacher.pt", **{p.stem: p for p in chain}, "student": MODELS_DIR / "student.pt"}
+    """Every evaluated model in chain order: teacher, its purifiers (if any), assistant_1..k, student."""
+    extra = purification.purifier_paths() + chain_paths()
+    return {"teacher": MODELS_DIR / "teacher.pt", **{p.stem: p for p in extra}, "student": MODELS_DIR / "student.pt"}
+
+
+def purification_examples(classifier, models: dict, x, y, cfg: dict, class_names: list[str]) -> None:
+    """Rows: clean, PGD crafted on the classifier (the paper's protocol), then that image after each purifier;
+    every image with the classifier's prediction."""
+    eps = cfg["headline_eps"]
+    x_adv = attacks.transfer(classifier, x, y, eps=eps, steps=cfg["pgd"]["steps"],
+                             step_size=cfg["pgd"]["step_size_ratio"] * eps, loss="ce",
+                             generator=torch.Generator().manual_seed(cfg["seed"]))
+    n = len(x)
+    rows = {"clean": (x, evaluation.predict(classifier, x, n)),
+            "adversarial": (x_adv, evaluation.predict(classifier, x_adv, n))}
+    for name, model in models.items():
+        purified = evaluation.purify(model, x_adv, n)
+        rows[f"purified: {name}"] = (purified, evaluation.predict(classifier, purified, n))
+    plotting.purification_grid(x.cpu(), y.cpu(), {k: (a.cpu(), b.cpu()) for k, (a, b) in rows.items()},
+                               class_names, f"PGD-CE crafted on the classifier at ε={eps:g}, then purified "
+                               f"(title: classifier's prediction, red = wrong)", Path("plots/adversarial_examples.png"))
 
 
 def main(params: dict) -> None:
@@ -39,15 +59,23 @@ def main(params: dict) -> None:
     with attacks.frozen(surrogate):
         transfer_adv = evaluation.craft_transfer(surrogate, x_test[attack_idx], y_test[attack_idx], cfg)
 
+    paths = model_paths()
+    on_classifier, purified = None, {}  # purified: the models with a purifier, for the picture
+    if len(purification.purifier_paths()):
+        classifier, _ = load_model(paths["teacher"])
+        with attacks.frozen(classifier):
+            on_classifier = evaluation.craft_on_classifier(classifier, x_test[attack_idx], y_test[attack_idx], cfg)
+
     shutil.rmtree(RESULTS_DIR, ignore_errors=True)
     examples = {}
     n_ex = cfg["n_example_images"]
-    paths = model_paths()
     for name, path in paths.items():
         model, info = load_model(path)
+        if hasattr(model, "purifier"):
+            purified[name] = model
         with attacks.frozen(model):
-            result = evaluation.evaluate(model, name, x_test, y_test, attack_idx, cfg, transfer_adv)
-            if n_ex:
+            result = evaluation.evaluate(model, name, x_test, y_test, attack_idx, cfg, transfer_adv, on_classifier)
+            if n_ex and on_classifier is None:
                 xe, ye = x_test[attack_idx[:n_ex]], y_test[attack_idx[:n_ex]]
                 eps = cfg["headline_eps"]
                 x_adv = attacks.pgd(model, xe, ye, eps=eps, steps=cfg["pgd"]["steps"],
@@ -60,7 +88,11 @@ def main(params: dict) -> None:
         atomic_write_json(RESULTS_DIR / f"{name}.json", result)
         print(f"[attack] {name}: clean {result['clean_correct'] / result['n_test']:.4f}")
     atomic_write_json(RESULTS_DIR / "index.json", {"models": list(paths)})
-    if n_ex:
+    if n_ex and on_classifier is not None:
+        with attacks.frozen(classifier):
+            purification_examples(classifier, purified, x_test[attack_idx[:n_ex]], y_test[attack_idx[:n_ex]], cfg,
+                                  meta["class_names"])
+    elif n_ex:
         plotting.adversarial_grid(x_test[attack_idx[:n_ex]].cpu(), y_test[attack_idx[:n_ex]].cpu(), examples,
                                   meta["class_names"], cfg["headline_eps"], Path("plots/adversarial_examples.png"))
 

@@ -1,8 +1,10 @@
 """Stage `student`: the deployed model.
 
 A distilling method learns from the last assistant (or the teacher if the chain is empty); the others
-(natural, pgd_at, trades) train it from scratch with their own loss.
+(natural, pgd_at, trades) train it from scratch with their own loss. For purification the student is a
+purifier distilled from the two purifier teachers, deployed in front of the teacher classifier.
 """
+from robustkd import purification
 from robustkd.methods import METHODS, loss_params
 from robustkd.pipeline import LIVE_DIR, MODELS_DIR, chain_paths, load_model, load_training_data, run_stage, train_role
 
@@ -10,6 +12,9 @@ from robustkd.pipeline import LIVE_DIR, MODELS_DIR, chain_paths, load_model, loa
 def main(params: dict) -> None:
     meta, train_data, val_data = load_training_data()
     method = METHODS[params["method"]]
+    if method.purifies:
+        purification.train_student_purifier(params, meta, train_data, val_data)
+        return
     group = params["student"]
     previous, previous_path, upstream = None, None, []
     if method.distills:

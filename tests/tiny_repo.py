@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GIT_ENV = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.invalid",
            "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.invalid"}
 
-TRAINED_ROLES = ("teacher", "assistant", "student", "surrogate")
+TRAINED_ROLES = ("teacher", "assistant", "student", "surrogate", "purifier_teachers", "purifier_student")
 
 
 def tiny_params() -> dict:

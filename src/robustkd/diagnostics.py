@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import statistics
 
-from .evaluation import AUTOATTACK, BLACK_BOX, FGSM_CE, PGD_CE, PGD_MARGIN, WHITE_BOX, eps_key
+from .evaluation import AUTOATTACK, BLACK_BOX, FGSM_CE, PAPER_PROTOCOL, PGD_CE, PGD_MARGIN, WHITE_BOX, eps_key
 
 STRONG = (PGD_MARGIN, AUTOATTACK)
 
@@ -16,10 +16,30 @@ def _acc(points: list[int]) -> float:
     return round(sum(points) / len(points), 4) if points else 0.0
 
 
-def worst_case_points(linf: dict[str, dict[str, list[int]]], key: str) -> list[int]:
-    """Per point: robust only if every attack run at this ε failed on it."""
-    lists = [per_eps[key] for per_eps in linf.values() if key in per_eps]
+def worst_case_points(linf: dict[str, dict[str, list[int]]], key: str, among=None) -> list[int]:
+    """Per point: robust only if every attack run at this ε (or every one ``among`` them) failed on it."""
+    lists = [per_eps[key] for a, per_eps in linf.items() if key in per_eps and (among is None or a in among)]
     return [int(all(vals)) for vals in zip(*lists)]
+
+
+def purification_summary(result: dict, headline: str) -> dict:
+    """The purification numbers (None for models of other methods): worst case under the paper's protocol
+    (crafted on the classifier, then purified) and under adaptive white-box attacks (through the purifier),
+    CW-L2 examples of the classifier after purification, and PSNR / SSIM of purified images."""
+    linf, protocol = result["linf"], result.get("paper_protocol")
+    purifier = result["info"].get("purifier")
+    keys = ("paper_protocol_headline", "paper_protocol_cw_acc", "psnr_clean", "ssim_clean", "psnr_adversarial",
+            "ssim_adversarial")
+    out = {"purifier": purifier["arch"] if purifier else None,
+           "adaptive_headline": _acc(worst_case_points(linf, headline, WHITE_BOX)), **dict.fromkeys(keys)}
+    if protocol:
+        quality = protocol["image_quality"]
+        out.update(paper_protocol_headline=_acc(worst_case_points(linf, headline, PAPER_PROTOCOL)),
+                   paper_protocol_cw_acc=_acc(protocol["cw_l2"]) if protocol["cw_l2"] else None,
+                   psnr_clean=quality["clean"]["psnr_mean"], ssim_clean=quality["clean"]["ssim_mean"],
+                   psnr_adversarial=quality["adversarial"]["psnr_mean"],
+                   ssim_adversarial=quality["adversarial"]["ssim_mean"])
+    return out
 
 
 def cw_summary(result: dict) -> dict:
@@ -106,4 +126,5 @@ def summarise(result: dict, thresholds: dict) -> dict:
         "sensitivity_logit": float(f"{result['sensitivity']['logit']:.6g}"),
         "gradient_masking": bool(reasons),
         "masking_reasons": " | ".join(reasons),
+        **purification_summary(result, headline),
     }

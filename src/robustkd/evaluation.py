@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import attacks
+from . import attacks, image_quality
 
 # Attack names, as they appear in results and metrics.
 FGSM_CE = "fgsm_softmax_ce"        # the seed papers' protocol: CE of the deployed softmax (T = 1)
@@ -21,8 +21,14 @@ AUTOATTACK = "autoattack"          # official pyautoattack
 SQUARE = "square"                  # score-based black-box
 TRANSFER = "transfer_surrogate"    # PGD crafted on an independent surrogate
 PGD_L2 = "pgd_l2_margin"
-WHITE_BOX = (FGSM_CE, PGD_CE, PGD_MARGIN, AUTOATTACK)
-BLACK_BOX = (SQUARE, TRANSFER)
+# Purification's paper protocol: crafted on the classifier alone (FGSM; PGD keeping the last iterate, as
+# transfer), then given to the deployed model, i.e. purified. Gradient-free for the purifier.
+CLASSIFIER_FGSM = "classifier_fgsm"
+CLASSIFIER_PGD_CE = "classifier_pgd_ce"
+CLASSIFIER_PGD_MARGIN = "classifier_pgd_margin"
+PAPER_PROTOCOL = (CLASSIFIER_FGSM, CLASSIFIER_PGD_CE, CLASSIFIER_PGD_MARGIN)
+WHITE_BOX = (FGSM_CE, PGD_CE, PGD_MARGIN, AUTOATTACK)   # on the deployed model: adaptive for a purified one
+BLACK_BOX = (SQUARE, TRANSFER, *PAPER_PROTOCOL)
 
 
 def eps_key(eps: float) -> str:
@@ -75,9 +81,45 @@ def craft_transfer(surrogate: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: 
     return out
 
 
+def craft_on_classifier(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict:
+    """The paper's protocol for purifiers, crafted once on the bare classifier and replayed on every model:
+    {"linf": {attack: {eps key: x_adv}}, "cw_l2": x_adv of CW-L2 on the first `cw_l2.n_points` points}."""
+    bs, pgd_cfg, cw = cfg["batch_size"], cfg["pgd"], cfg["cw_l2"]
+    linf: dict[str, dict[str, torch.Tensor]] = {a: {} for a in PAPER_PROTOCOL}
+    for eps in cfg["eps"]:
+        key = eps_key(eps)
+        linf[CLASSIFIER_FGSM][key] = attacks.attack_in_batches(attacks.fgsm, classifier, x, y, bs, eps=eps, loss="ce")
+        for attack_name, loss in ((CLASSIFIER_PGD_CE, "ce"), (CLASSIFIER_PGD_MARGIN, "margin")):
+            linf[attack_name][key] = attacks.attack_in_batches(
+                attacks.transfer, classifier, x, y, bs, generator=_generator(cfg), eps=eps, steps=pgd_cfg["steps"],
+                step_size=pgd_cfg["step_size_ratio"] * eps, loss=loss)
+    n_cw = min(cw["n_points"], len(x))
+    x_cw, _ = attacks.cw_l2(classifier, x[:n_cw], y[:n_cw], steps=cw["steps"],
+                            binary_search_steps=cw["binary_search_steps"], c_init=cw["c_init"], lr=cw["lr"])
+    return {"linf": linf, "cw_l2": x_cw}
+
+
+@torch.no_grad()
+def purify(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """What the deployed model's purifier makes of x (x itself for a bare classifier)."""
+    purifier = getattr(model, "purifier", None)
+    if purifier is None:
+        return x
+    return torch.cat([purifier(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def purified_image_quality(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, batch_size: int) -> dict:
+    """PSNR / SSIM against the clean image of the purified clean image and of the purified (paper-protocol) example."""
+    return {"clean": image_quality.summary(purify(model, x, batch_size), x),
+            "adversarial": image_quality.summary(purify(model, x_adv, batch_size), x)}
+
+
 def evaluate(model: nn.Module, name: str, x_test: torch.Tensor, y_test: torch.Tensor, attack_idx: torch.Tensor,
-             cfg: dict, transfer_adv: dict[str, torch.Tensor]) -> dict:
-    """The whole suite on one model. ``x_test`` is float in [0,1]; ``attack_idx`` selects the attacked points."""
+             cfg: dict, transfer_adv: dict[str, torch.Tensor], on_classifier: dict | None = None) -> dict:
+    """The whole suite on one model. ``x_test`` is float in [0,1]; ``attack_idx`` selects the attacked points.
+
+    ``on_classifier`` (purification): examples from :func:`craft_on_classifier`, evaluated as extra attacks.
+    """
     bs = cfg["batch_size"]
     model.eval()
     clean_correct = predict(model, x_test, bs) == y_test
@@ -85,7 +127,8 @@ def evaluate(model: nn.Module, name: str, x_test: torch.Tensor, y_test: torch.Te
     pgd_cfg = cfg["pgd"]
     linf: dict[str, dict[str, list[int]]] = {a: {} for a in (FGSM_CE, PGD_CE, PGD_MARGIN, TRANSFER)}
     aa_flags: dict[str, list[str]] = {}
-    jobs = [(a, eps) for eps in cfg["eps"] for a in (FGSM_CE, PGD_CE, PGD_MARGIN, TRANSFER)]
+    precrafted = {TRANSFER: transfer_adv, **(on_classifier["linf"] if on_classifier else {})}
+    jobs = [(a, eps) for eps in cfg["eps"] for a in (FGSM_CE, PGD_CE, PGD_MARGIN, *precrafted)]
     jobs += [(AUTOATTACK, eps) for eps in cfg["autoattack"]["eps"]]
     if cfg["square"]["n_queries"] > 0:
         jobs.append((SQUARE, cfg["headline_eps"]))
@@ -98,8 +141,8 @@ def evaluate(model: nn.Module, name: str, x_test: torch.Tensor, y_test: torch.Te
                 attacks.pgd, model, x, y, bs, generator=_generator(cfg), eps=eps, steps=pgd_cfg["steps"],
                 step_size=pgd_cfg["step_size_ratio"] * eps, norm="linf",
                 loss="ce" if attack_name == PGD_CE else "margin", restarts=pgd_cfg["restarts"])
-        elif attack_name == TRANSFER:
-            x_adv = transfer_adv[key]
+        elif attack_name in precrafted:
+            x_adv = precrafted[attack_name][key]
         elif attack_name == AUTOATTACK:
             aa = cfg["autoattack"]
             custom = aa["version"] == "custom"
@@ -126,6 +169,12 @@ def evaluate(model: nn.Module, name: str, x_test: torch.Tensor, y_test: torch.Te
                                  c_init=cw["c_init"], lr=cw["lr"])
         cw_norms = [None if not math.isfinite(v) else round(v, 6) for v in norms.tolist()]
     n_sens = min(cfg["sensitivity_points"], len(x))
+    paper_protocol = None
+    if on_classifier:
+        x_cw = on_classifier["cw_l2"]
+        paper_protocol = {"cw_l2": robust_mask(model, x_cw, y[:len(x_cw)], bs),
+                          "image_quality": purified_image_quality(
+                              model, x, on_classifier["linf"][CLASSIFIER_PGD_CE][eps_key(cfg["headline_eps"])], bs)}
     return {
         "model": name,
         "n_test": len(y_test),
@@ -137,4 +186,5 @@ def evaluate(model: nn.Module, name: str, x_test: torch.Tensor, y_test: torch.Te
         "autoattack_flags": aa_flags,
         "cw_l2": {"n_points": n_cw, "l2": cw_norms},
         "sensitivity": {"n_points": n_sens, **sensitivity(model, x[:n_sens], y[:n_sens], bs)},
+        "paper_protocol": paper_protocol,
     }

@@ -164,3 +164,87 @@ class LTD:
         if self.beta:
             loss = loss + self.beta * kl(logits, model(x_adv))
         return loss, logits
+
+
+# --- purifier training (method purification) ---------------------------------------------------------------
+# The model is a PurifiedClassifier: ``model.purifier`` learns, ``model.classifier`` is fixed. The loss is on
+# images; the returned logits are the classifier's on the purified batch (the training-accuracy curve).
+
+def _classify(model: nn.Module, purified: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.classifier(purified)
+
+
+class PurifierReconstruction:
+    """The normal CAE teacher: MSE(p(clip(x + σ·N(0, 1))), x); σ = 0 is a plain autoencoder.
+
+    The noise comes from the global CPU RNG (seeded, saved in the resume file), then moves to x's device.
+    """
+
+    def __init__(self, noise_std: float):
+        self.noise_std = float(noise_std)
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+        x_in = x
+        if self.noise_std:
+            noise = torch.randn(x.shape, dtype=x.dtype).to(x.device)
+            x_in = (x + self.noise_std * noise).clamp_(0.0, 1.0)
+        purified = model.purifier(x_in)
+        return F.mse_loss(purified, x), _classify(model, purified)
+
+
+def classifier_adversarial(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: InnerAttack) -> torch.Tensor:
+    """PGD on the CE of the fixed classifier alone: the adversarial inputs purifiers are trained on."""
+    return maximise(model.classifier, x, lambda z: F.cross_entropy(z, y), attack)
+
+
+class AdversarialReconstruction:
+    """The adversarial CAE teacher: MSE(p(x_adv), x), x_adv = PGD against the fixed classifier (train_attack)."""
+
+    def __init__(self, attack: InnerAttack):
+        self.attack = attack
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+        purified = model.purifier(classifier_adversarial(model, x, y, self.attack))
+        return F.mse_loss(purified, x), _classify(model, purified)
+
+
+class PurifierDistillation:
+    """Ensemble distillation of two purifier teachers (normal, adversarial) into the student purifier s.
+
+    w_rec·MSE(s(x̃), x) + w_out·Σ_k a_k·MSE(s(x̃), t_k(x̃)) + w_feat·Σ_k a_k·MSE(code_s(x̃), code_k(x̃)),
+    with teacher weights a = (1 − a_adv, a_adv). x̃ is the batch with its first round(f·n) images replaced by
+    PGD examples against the classifier (f = ``adversarial_fraction``; batches are already shuffled), so the
+    student sees both teachers on clean and on attacked inputs. Koo et al. publish no code; this form is ours.
+    """
+
+    def __init__(self, normal: nn.Module, adversarial: nn.Module, attack: InnerAttack, reconstruction_weight: float,
+                 output_weight: float, feature_weight: float, adversarial_teacher_weight: float,
+                 adversarial_fraction: float):
+        self.teachers = [normal.eval().requires_grad_(False), adversarial.eval().requires_grad_(False)]
+        self.teacher_weights = (1.0 - float(adversarial_teacher_weight), float(adversarial_teacher_weight))
+        self.attack = attack
+        self.w_rec, self.w_out, self.w_feat = float(reconstruction_weight), float(output_weight), float(feature_weight)
+        self.adversarial_fraction = float(adversarial_fraction)
+
+    def inputs(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        k = round(self.adversarial_fraction * len(x))
+        if k == 0:
+            return x
+        return torch.cat([classifier_adversarial(model, x[:k], y[:k], self.attack), x[k:]])
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+        x_in = self.inputs(model, x, y)
+        code, sizes = model.purifier.encode(x_in) if self.w_feat else (None, None)
+        purified = model.purifier.decode(code, sizes) if self.w_feat else model.purifier(x_in)
+        loss = self.w_rec * F.mse_loss(purified, x)
+        for teacher, a in zip(self.teachers, self.teacher_weights):
+            if not a:
+                continue
+            with torch.no_grad():
+                t_code, t_sizes = teacher.encode(x_in) if self.w_feat else (None, None)
+                t_out = teacher.decode(t_code, t_sizes) if self.w_feat else teacher(x_in)
+            loss = loss + a * self.w_out * F.mse_loss(purified, t_out)
+            if self.w_feat:
+                loss = loss + a * self.w_feat * F.mse_loss(code, t_code)
+        return loss, _classify(model, purified)

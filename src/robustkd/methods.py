@@ -1,7 +1,7 @@
 """Method registry: which loss each trained role uses under the top-level ``method`` param.
 
 Roles: the teacher, then ``chain_length`` assistants (chain methods only), then the student, the deployed
-model. A distilling student learns from the model before it (the last assistant, else the teacher); a
+model (for purification: the teacher is the fixed classifier, the student a purifier in front of it). A distilling student learns from the model before it (the last assistant, else the teacher); a
 non-distilling student (natural, PGD-AT, TRADES) is trained from scratch, and the teacher is then a
 natural reference model, evaluated beside it. Adding a method = one entry here plus its loss and
 params group.
@@ -37,6 +37,13 @@ class Method:
     # temperature of the student's training loss, and the one it keeps at inference (inside the model)
     loss_temperature: Callable[[dict], float] = lambda p: 1.0
     output_temperature: Callable[[dict], float] = lambda p: 1.0
+    # purification: the teacher stage adds purifier teachers and the student is a purifier
+    # (robustkd.purification); student_loss is then unused
+    purifies: bool = False
+
+
+def _not_a_classifier_loss():
+    raise TypeError("method purification trains purifiers, not classifiers: see robustkd.purification")
 
 
 def _attack(p: dict, random_start: str = "uniform") -> InnerAttack:
@@ -95,6 +102,14 @@ METHODS: dict[str, Method] = {
         distills=True,
         loss_temperature=lambda p: p["ltd"]["student_temperature"],
         output_temperature=lambda p: p["ltd"]["student_temperature"],
+    ),
+    "purification": Method(
+        description="Koo, Chae & Lee 2023: a normal and an adversarially trained autoencoder purifier, "
+                    "ensemble-distilled into a student purifier in front of the fixed (teacher) classifier.",
+        teacher_training="natural",
+        student_loss=lambda p, group, previous: _not_a_classifier_loss(),
+        distills=True,
+        purifies=True,
     ),
 }
 

@@ -3,6 +3,9 @@
 Normalisation sits inside the model, so attacks always work in pixel space. Each model is
 ``normalize -> features -> head``; ``features`` ends in a pooled vector so that heads can be swapped
 (e.g. a student-teacher feature map) without touching the body.
+
+Purifiers (``PURIFIERS``) map [0, 1] images to [0, 1] images. ``PurifiedClassifier`` puts one in front of a
+frozen classifier; to every attack it is just another model, so an attack on it is adaptive (end to end).
 """
 from __future__ import annotations
 
@@ -107,6 +110,86 @@ ARCHITECTURES: dict[str, Callable[..., tuple[nn.Module, int]]] = {
 }
 
 
+class ConvAutoencoder(nn.Module):
+    """Convolutional autoencoder purifier: ``depth`` stride-2 convolutions down (``width``·2^i channels), the same
+    number of transposed convolutions up, sigmoid output in [0, 1]. Odd sizes (28 -> 14 -> 7 -> 4) are undone
+    exactly: each transposed convolution is given the size its encoder level had."""
+
+    def __init__(self, channels: int, width: int = 32, depth: int = 2):
+        super().__init__()
+        if depth < 1 or width < 1:
+            raise ValueError(f"CAE width and depth must be >= 1, got width={width!r}, depth={depth!r}")
+        widths = [channels] + [width * 2 ** i for i in range(depth)]
+        self.down = nn.ModuleList(nn.Conv2d(widths[i], widths[i + 1], 3, 2, 1) for i in range(depth))
+        self.up = nn.ModuleList(nn.ConvTranspose2d(widths[i + 1], widths[i], 3, 2, 1) for i in reversed(range(depth)))
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Size]]:
+        """The code (bottleneck features) and the spatial size of each encoder input."""
+        sizes = []
+        for conv in self.down:
+            sizes.append(x.shape[-2:])
+            x = torch.relu(conv(x))
+        return x, sizes
+
+    def decode(self, code: torch.Tensor, sizes: list[torch.Size]) -> torch.Tensor:
+        for i, (deconv, size) in enumerate(zip(self.up, reversed(sizes))):
+            code = deconv(code, output_size=size)
+            code = torch.sigmoid(code) if i == len(self.up) - 1 else torch.relu(code)
+        return code
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(*self.encode(x))
+
+
+class IdentityPurifier(nn.Module):
+    """No purification: classifier∘identity must give exactly the classifier's numbers (tested)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+PURIFIERS: dict[str, Callable[..., nn.Module]] = {
+    "cae": lambda channels, width, depth: ConvAutoencoder(channels, width, depth),
+    "identity": lambda channels, width, depth: IdentityPurifier(),
+}
+
+
+class PurifiedClassifier(nn.Module):
+    """classifier(purifier(x)). The classifier is fixed: never trained, and kept in eval mode even when the
+    purifier trains (its batch norm, if any, must not adapt to purified images)."""
+
+    def __init__(self, purifier: nn.Module, classifier: nn.Module):
+        super().__init__()
+        self.purifier = purifier
+        self.classifier = classifier.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "PurifiedClassifier":
+        super().train(mode)
+        self.classifier.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.purifier(x))
+
+
+def purified_spec(arch: str, width: int, depth: int, classifier_spec: dict) -> dict[str, Any]:
+    """Spec of classifier∘purifier; the checkpoint holds both, so it is a self-contained deployed model."""
+    if arch not in PURIFIERS:
+        raise ValueError(f"unknown purifier architecture {arch!r}; allowed: {', '.join(PURIFIERS)}")
+    return {"arch": "purified", "label": f"{arch}+{classifier_spec['arch']}",
+            "purifier": {"arch": arch, "channels": classifier_spec["channels"], "width": width, "depth": depth},
+            "classifier": classifier_spec}
+
+
+def build_from_spec(spec: dict) -> nn.Module:
+    """Any model this project saves: a classifier (``build_model``) or classifier∘purifier."""
+    if spec["arch"] == "purified":
+        p = spec["purifier"]
+        return PurifiedClassifier(PURIFIERS[p["arch"]](p["channels"], p["width"], p["depth"]),
+                                  build_model(**spec["classifier"]))
+    return build_model(**spec)
+
+
 def build_model(arch: str, channels: int, size: int, num_classes: int, mean, std, width: str = "mnist",
                 temperature: float = 1.0) -> Classifier:
     if arch not in ARCHITECTURES:
@@ -129,18 +212,28 @@ def model_spec(arch: str, meta: dict, width: str = "mnist", temperature: float =
             "mean": list(meta["mean"]), "std": list(meta["std"]), "width": width, "temperature": float(temperature)}
 
 
+def _read_checkpoint(path: str | Path) -> dict:
+    ckpt = safe_torch_load(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint; regenerate it with `dvc repro`.")
+    return ckpt
+
+
+def read_spec(path: str | Path) -> dict:
+    """The spec stored in a checkpoint (to wrap a saved classifier, e.g. behind a purifier)."""
+    return _read_checkpoint(path)["spec"]
+
+
 def save_checkpoint(path: str | Path, model: nn.Module, spec: dict, info: dict) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_torch_save({"format": CHECKPOINT_FORMAT, "spec": spec, "info": info, "state_dict": state}, path)
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[Classifier, dict]:
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild a model from a checkpoint written by :func:`save_checkpoint` (weights_only load)."""
-    ckpt = safe_torch_load(path)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint; regenerate it with `dvc repro`.")
+    ckpt = _read_checkpoint(path)
     spec = ckpt["spec"]
-    model = build_model(**spec)
+    model = build_from_spec(spec)
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as err:

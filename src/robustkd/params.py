@@ -18,7 +18,8 @@ from .errors import ParamsError
 
 ARCHS = ("papernot_cnn", "lenet", "resnet18", "mobilenetv2")
 DATASET_NAMES = ("fashion_mnist", "mnist", "cifar10", "cifar100", "tinyimagenet")
-METHODS = ("natural", "defensive_distillation", "pgd_at", "trades", "ard", "rslad", "ltd")
+METHODS = ("natural", "defensive_distillation", "pgd_at", "trades", "ard", "rslad", "ltd", "purification")
+PURIFIER_ARCHS = ("cae", "identity")
 TEACHER_TRAININGS = ("auto", "natural", "temperature", "pgd_at", "trades")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine")
@@ -169,6 +170,11 @@ def training_group(extra: dict[str, Field] | None = None) -> Group:
     return Group(fields)
 
 
+def purifier_group(extra: dict[str, Field]) -> Group:
+    """A trained purifier (method purification): the training fields, a purifier architecture and its size."""
+    return training_group({"arch": Choice(PURIFIER_ARCHS), "width": Int(1, 4096), "depth": Int(1, 8), **extra})
+
+
 SCHEMA = Group(
     {
         "seed": Int(0, 2**31 - 1),
@@ -190,6 +196,14 @@ SCHEMA = Group(
         "assistant": training_group({"kd_lambda": PROBABILITY}),
         "student": training_group({"kd_lambda": PROBABILITY}),
         "surrogate": training_group({"seed": Int(0, 2**31 - 1)}),
+        "purifier_teachers": purifier_group({"noise_std": Float(0.0, 10.0)}),
+        "purifier_student": purifier_group({
+            "reconstruction_weight": Float(0.0, 1e4),
+            "output_weight": Float(0.0, 1e4),
+            "feature_weight": Float(0.0, 1e4),
+            "adversarial_teacher_weight": PROBABILITY,
+            "adversarial_fraction": PROBABILITY,
+        }),
         "train_attack": Group(
             {
                 "eps": Nullable(EPS),
@@ -253,6 +267,10 @@ def _cross_checks(p: dict) -> list[str]:
     for eps in attack["autoattack"]["eps"]:
         if eps not in attack["eps"]:
             errors.append(f"`attack.autoattack.eps` contains {eps!r}: every AutoAttack ε must also be in `attack.eps` = {attack['eps']}")
+    student = p["purifier_student"]
+    if not (student["reconstruction_weight"] or student["output_weight"] or student["feature_weight"]):
+        errors.append("`purifier_student`: reconstruction_weight, output_weight and feature_weight are all 0, "
+                      "so the student purifier would learn nothing; set at least one > 0")
     if p["data"]["test_subset"] is not None and attack["n_points"] is not None and attack["n_points"] > p["data"]["test_subset"]:
         errors.append(f"`attack.n_points` = {attack['n_points']}: larger than `data.test_subset` = {p['data']['test_subset']}")
     return errors

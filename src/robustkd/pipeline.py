@@ -5,8 +5,10 @@ import os
 import random
 import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
+from torch import nn
 
 from . import data, params as params_mod
 from .errors import ProjectError
@@ -71,23 +73,29 @@ def chain_paths() -> list[Path]:
 
 def train_role(role: str, group: dict, seed: int, loss_fn, out_path: Path, live_dir: Path,
                meta: dict, train_data, val_data, extra_info: dict, upstream: list[Path] = (), *,
-               cuda_deterministic: bool, params_group: str | None = None, output_temperature: float = 1.0) -> dict:
+               cuda_deterministic: bool, params_group: str | None = None, output_temperature: float = 1.0,
+               build: Callable[[torch.device], tuple[nn.Module, dict]] | None = None) -> dict:
     """Build, train and save one model; returns the info stored in its checkpoint.
 
     ``params_group`` is the params.yaml group of ``group`` (default: ``role``; the assistants share `assistant`).
     ``output_temperature`` divides the model's logits, in training and once deployed (see ``Classifier``).
+    ``build(device) -> (model, spec)`` replaces the default classifier from ``group`` (purifiers); it runs
+    after seeding, so initial weights depend on ``seed`` only.
     """
     device = pick_device()
     configure_cuda_determinism(cuda_deterministic, device)
     seed_everything(seed)
-    spec = model_spec(group["arch"], meta, group["width"], output_temperature)
-    model = place(build_model(**spec), device)
+    if build is None:
+        spec = model_spec(group["arch"], meta, group["width"], output_temperature)
+        model = place(build_model(**spec), device)
+    else:
+        model, spec = build(device)
     cfg = TrainConfig.from_params(group, seed)
-    run_id = [role, spec["arch"], extra_info, meta["files"], [sha256_file(p) for p in upstream]]
+    run_id = [role, spec, extra_info, meta["files"], [sha256_file(p) for p in upstream]]
     result = train(model, loss_fn, train_data, val_data, cfg, role, live_dir=live_dir,
                    resume_path=RESUME_DIR / f"{role}.pt", run_id=str(run_id),
                    batch_size_param=f"{params_group or role}.batch_size")
-    info = {"role": role, "arch": spec["arch"], "best_epoch": result.best_epoch,
+    info = {"role": role, "arch": spec.get("label", spec["arch"]), "best_epoch": result.best_epoch,
             "val_acc": result.best_val_acc, "train_seconds": round(result.seconds, 2), **extra_info}
     save_checkpoint(out_path, result.model, spec, info)
     (RESUME_DIR / f"{role}.pt").unlink(missing_ok=True)

@@ -74,3 +74,21 @@ def robust_vs_eps(rows: list[dict], path: Path) -> None:
     axes[0, 0].set_ylabel("robust accuracy")
     axes[0, -1].legend(fontsize=7, loc="upper right")
     _save(fig, path)
+
+
+def purification_grid(x: torch.Tensor, y: torch.Tensor, rows: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                      class_names: list[str], title: str, path: Path) -> None:
+    """One row per stage (clean, adversarial, each purifier's output), each cell titled with the prediction.
+
+    ``rows`` maps a row label to (images (N, C, H, W), predictions (N,)) in display order; a title is
+    green when the prediction equals ``y`` (the labels of the clean images ``x``) and red otherwise.
+    """
+    n_rows, cols = len(rows), len(x)
+    fig, axes = plt.subplots(n_rows, cols, figsize=(1.6 * cols, 1.9 * n_rows), squeeze=False)
+    for i, (name, (images, pred)) in enumerate(rows.items()):
+        for j in range(cols):
+            _show(axes[i, j], images[j])
+            axes[i, j].set_title(class_names[pred[j]], fontsize=7, color="green" if pred[j] == y[j] else "red")
+        axes[i, 0].set_ylabel(name, fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    _save(fig, path)
