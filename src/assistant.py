@@ -7,7 +7,7 @@ import shutil
 
 from robustkd.io import atomic_write_json
 from robustkd.methods import METHODS
-from robustkd.pipeline import (ASSISTANTS_DIR, CHAIN_MANIFEST, LIVE_DIR, MODELS_DIR, load_model,
+from robustkd.pipeline import (ASSISTANTS_DIR, CHAIN_MANIFEST, LIVE_DIR, MODELS_DIR, finish_stage, load_model,
                                load_training_data, run_stage, train_role)
 
 
@@ -38,6 +38,7 @@ def main(params: dict) -> None:
     atomic_write_json(CHAIN_MANIFEST, {"assistants": names})
     # Also in the live folder: an empty folder is not kept by git, and DVC would then see the output missing.
     atomic_write_json(LIVE_DIR / "assistants" / "chain.json", {"assistants": names})
+    finish_stage([n.removesuffix(".pt") for n in names])
     print(f"[assistant] chain of {len(names)} assistant(s): {names}")
 
 

@@ -18,9 +18,9 @@ from robustkd.training import pick_device, to_float
 RESULTS_DIR = Path("results/attack")
 
 
-def model_paths() -> dict[str, Path]:
+def model_paths(purifiers: list[Path]) -> dict[str, Path]:
     """Every evaluated model in chain order: teacher, its purifiers (if any), assistant_1..k, student."""
-    extra = purification.purifier_paths() + chain_paths()
+    extra = purifiers + chain_paths()
     return {"teacher": MODELS_DIR / "teacher.pt", **{p.stem: p for p in extra}, "student": MODELS_DIR / "student.pt"}
 
 
@@ -59,9 +59,10 @@ def main(params: dict) -> None:
     with attacks.frozen(surrogate):
         transfer_adv = evaluation.craft_transfer(surrogate, x_test[attack_idx], y_test[attack_idx], cfg)
 
-    paths = model_paths()
+    purifiers = purification.purifier_paths()
+    paths = model_paths(purifiers)
     on_classifier, purified = None, {}  # purified: the models with a purifier, for the picture
-    if len(purification.purifier_paths()):
+    if purifiers:  # the paper's protocol, crafted once on the bare classifier
         classifier, _ = load_model(paths["teacher"])
         with attacks.frozen(classifier):
             on_classifier = evaluation.craft_on_classifier(classifier, x_test[attack_idx], y_test[attack_idx], cfg)

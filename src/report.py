@@ -5,6 +5,7 @@
     dvc exp show --all-commits --json | python src/report.py - --commit 1a2b3c4 --experiments-only --params method
                                                           # one sweep: the experiments queued from commit 1a2b3c4
     python src/report.py --models metrics.json            # every model of the current run
+    python src/report.py --purification metrics.json      # method purification: both protocols, PSNR / SSIM
 
 Columns: the params that define a variant, then the student's clean accuracy, robust accuracy under
 the papers' softmax-CE PGD and under AutoAttack at the headline ε, the per-point worst case, the CW-L2
@@ -76,11 +77,41 @@ def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+PURIFIER_ORDER = ("purifier_normal", "purifier_adversarial")
+
+
 def chain_position(name: str) -> tuple[int, int]:
-    """teacher, assistant_1, assistant_2, ..., student (metrics.json itself is sorted by name)."""
+    """teacher, its purifiers, assistant_1, assistant_2, ..., student (metrics.json itself is sorted by name)."""
     if name.startswith("assistant_"):
         return (1, int(name.split("_")[1]))
+    if name in PURIFIER_ORDER:
+        return (0, 1 + PURIFIER_ORDER.index(name))
     return (0, 0) if name == "teacher" else (2, 0)
+
+
+PURIFICATION_COLUMNS = ("clean %", "paper: FGSM %", "paper: PGD-CE %", "paper: margin PGD %", "paper: worst %",
+                        "paper: CW-L2 %", "adaptive: PGD-CE %", "adaptive: AutoAttack %", "adaptive: worst %",
+                        "worst case (all) %", "PSNR clean", "SSIM clean", "PSNR adv.", "SSIM adv.", "masking flagged")
+
+
+def purification_table(metrics: dict, headline_eps: float) -> str:
+    """Method purification, one row per deployed model: the bare classifier ("no purifier"), each purifier
+    teacher and the student purifier. "paper": crafted on the classifier alone, then purified; "adaptive":
+    white-box through classifier∘purifier; "adv.": the purified paper-protocol PGD-CE example."""
+    key = "eps_" + f"{headline_eps:g}".replace(".", "p")
+    lines = [_row(["model", *PURIFICATION_COLUMNS]), "|" + "---|" * (1 + len(PURIFICATION_COLUMNS))]
+    for name, m in sorted(metrics.items(), key=lambda kv: chain_position(kv[0])):
+        robust = m.get("robust_acc", {})
+        cells = [m.get("clean_acc"), *(robust.get(a, {}).get(key) for a in
+                                       ("classifier_fgsm", "classifier_pgd_ce", "classifier_pgd_margin")),
+                 m.get("paper_protocol_headline"), m.get("paper_protocol_cw_acc"),
+                 robust.get("pgd_softmax_ce", {}).get(key), m.get("autoattack_headline"), m.get("adaptive_headline"),
+                 m.get("worst_case_headline")]
+        quality = [m.get(k) for k in ("psnr_clean", "ssim_clean", "psnr_adversarial", "ssim_adversarial")]
+        quality = ["n/a" if v is None else f"{v:.{1 if i % 2 == 0 else 3}f}" for i, v in enumerate(quality)]
+        label = "teacher (no purifier)" if m.get("purifier") is None else name
+        lines.append(_row([label, *map(_fmt, cells), *quality, _fmt(m.get("gradient_masking"))]))
+    return "\n".join(lines)
 
 
 def models_table(metrics: dict, headline_eps: float) -> str:
@@ -130,16 +161,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default=",".join(PARAM_COLUMNS),
                         help=f"top-level params shown as columns (default: {','.join(PARAM_COLUMNS)})")
     parser.add_argument("--models", metavar="METRICS_JSON", help="tabulate every model of one metrics.json instead")
+    parser.add_argument("--purification", metavar="METRICS_JSON",
+                        help="method purification: both protocols and PSNR/SSIM for every model of one metrics.json")
     parser.add_argument("--headline-eps", type=float, default=None,
                         help="with --models: the ε of the robust-accuracy columns (default: params.yaml attack.headline_eps)")
     args = parser.parse_args(argv)
-    if args.models:
+    if args.models or args.purification:
         eps = args.headline_eps
         if eps is None:
             import yaml
 
             eps = yaml.safe_load(open("params.yaml"))["attack"]["headline_eps"]
-        print(models_table(json.loads(open(args.models).read()), eps))
+        render = models_table if args.models else purification_table
+        print(render(json.loads(open(args.models or args.purification).read()), eps))
         return
     if not args.exp_show_json:
         parser.error("give the `dvc exp show --json` output (or --models metrics.json)")

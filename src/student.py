@@ -6,7 +6,8 @@ purifier distilled from the two purifier teachers, deployed in front of the teac
 """
 from robustkd import purification
 from robustkd.methods import METHODS, loss_params
-from robustkd.pipeline import LIVE_DIR, MODELS_DIR, chain_paths, load_model, load_training_data, run_stage, train_role
+from robustkd.pipeline import (LIVE_DIR, MODELS_DIR, chain_paths, finish_stage, load_model, load_training_data,
+                               run_stage, train_role)
 
 
 def main(params: dict) -> None:
@@ -14,7 +15,12 @@ def main(params: dict) -> None:
     method = METHODS[params["method"]]
     if method.purifies:
         purification.train_student_purifier(params, meta, train_data, val_data)
-        return
+    else:
+        train_classifier_student(params, method, meta, train_data, val_data)
+    finish_stage(["student"])
+
+
+def train_classifier_student(params: dict, method, meta: dict, train_data, val_data) -> None:
     group = params["student"]
     previous, previous_path, upstream = None, None, []
     if method.distills:

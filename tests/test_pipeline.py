@@ -36,6 +36,8 @@ def test_outputs_and_metrics_schema(repo):
     for name in ("accuracy_vs_robustness.png", "robust_vs_eps.png", "adversarial_examples.png"):
         assert (repo / "plots" / name).read_bytes()[:4] == b"\x89PNG"
     assert (repo / "models" / "assistants" / "assistant_1.pt").is_file()
+    assert json.loads((repo / "models" / "purifiers" / "purifiers.json").read_text()) == {"purifiers": []}
+    assert metrics["student"]["purifier"] is None and metrics["student"]["paper_protocol_headline"] is None
 
 
 def test_second_repro_reruns_nothing(repo):
@@ -85,6 +87,37 @@ def test_exp_run_robust_distillation_method_end_to_end(repo):
     assert set(timing["train_seconds"]) == {"teacher", "student"} and timing["train_seconds_total"] > 0
     # a robust-training setting reruns training; the attack settings alone would not
     out = run(["dvc", "exp", "run", "-S", "method=ltd", "-S", "ltd.student_temperature=2.0", "-S", "ltd.beta=1.0"], repo)
+    assert stages_run(out.stdout) == {"student", "attack", "metrics"}
+    run(["git", "checkout", "params.yaml"], repo)
+    run(["dvc", "checkout"], repo)
+
+
+def test_exp_run_purification_end_to_end(repo):
+    """`dvc exp run -S method=purification`: the teacher stage trains the classifier and both purifier teachers,
+    the student is a purifier in front of the same classifier, and every model gets both protocols."""
+    import torch
+
+    out = run(["dvc", "exp", "run", "-S", "method=purification"], repo)
+    assert stages_run(out.stdout) == {"teacher", "assistant", "student", "attack", "metrics"}
+    metrics = json.loads((repo / "metrics.json").read_text())
+    assert set(metrics) == {"teacher", "purifier_normal", "purifier_adversarial", "student"}
+    assert metrics["teacher"]["purifier"] is None and metrics["teacher"]["arch"] == "papernot_cnn"
+    for name in ("purifier_normal", "purifier_adversarial", "student"):
+        m = metrics[name]
+        assert m["purifier"] == "cae" and m["arch"] == "cae+papernot_cnn"
+        assert 0 <= m["paper_protocol_headline"] <= 1 and 0 <= m["ssim_clean"] <= 1 and m["psnr_clean"] > 0
+        assert m["worst_case_headline"] <= min(m["paper_protocol_headline"], m["adaptive_headline"])
+    student = json.loads((repo / "results" / "attack" / "student.json").read_text())["info"]
+    assert student["distilled_from"] == "purifier_normal+purifier_adversarial"
+    load = lambda p: torch.load(repo / p, weights_only=True)["state_dict"]  # noqa: E731
+    classifier = load("models/teacher.pt")
+    for path in ("models/student.pt", "models/purifiers/purifier_adversarial.pt"):
+        fixed = {k[len("classifier."):]: v for k, v in load(path).items() if k.startswith("classifier.")}
+        assert fixed.keys() == classifier.keys() and all(torch.equal(fixed[k], classifier[k]) for k in classifier)
+    assert (repo / "plots" / "adversarial_examples.png").read_bytes()[:4] == b"\x89PNG"
+    # a distillation setting reruns the student and the evaluation, not the classifier or the teachers
+    out = run(["dvc", "exp", "run", "-S", "method=purification", "-S",
+               "purifier_student.adversarial_teacher_weight=1.0"], repo)
     assert stages_run(out.stdout) == {"student", "attack", "metrics"}
     run(["git", "checkout", "params.yaml"], repo)
     run(["dvc", "checkout"], repo)

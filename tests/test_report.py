@@ -68,3 +68,24 @@ def test_commit_filter_experiments_only_and_param_columns():
     assert lines[0].startswith("| experiment | method | clean % |")
     assert [row.split(" | ")[0].strip("| ") for row in lines[2:]] == ["ltd-exp"]
     assert lines[2].endswith("| no | 20.0 |")
+
+
+def test_purification_table_orders_models_and_shows_both_protocols():
+    def purified(clean, paper, adaptive, purifier="cae"):
+        return {**metrics(clean, adaptive, adaptive, False, temperature=1), "purifier": purifier,
+                "robust_acc": {"classifier_pgd_ce": {"eps_0p1": paper}, "pgd_softmax_ce": {"eps_0p1": adaptive}},
+                "paper_protocol_headline": paper, "paper_protocol_cw_acc": 0.8, "adaptive_headline": adaptive,
+                "psnr_clean": 21.04, "ssim_clean": 0.812, "psnr_adversarial": 19.5, "ssim_adversarial": 0.7}
+    table = report.purification_table({"student": purified(0.87, 0.55, 0.21),
+                                       "purifier_adversarial": purified(0.86, 0.60, 0.25),
+                                       "teacher": {**purified(0.89, 0.05, 0.05, None), "psnr_clean": None},
+                                       "purifier_normal": purified(0.88, 0.30, 0.01)}, 0.1)
+    rows = table.splitlines()[2:]
+    assert [r.split(" | ")[0] for r in rows] == ["| teacher (no purifier)", "| purifier_normal",
+                                                 "| purifier_adversarial", "| student"]
+    cells = rows[-1].strip("| ").split(" | ")
+    header = table.splitlines()[0].strip("| ").split(" | ")
+    row = dict(zip(header, cells))
+    assert row["paper: PGD-CE %"] == "55.0" and row["adaptive: PGD-CE %"] == "21.0" and row["paper: FGSM %"] == "n/a"
+    assert row["PSNR clean"] == "21.0" and row["SSIM clean"] == "0.812"
+    assert dict(zip(header, rows[0].strip("| ").split(" | ")))["PSNR clean"] == "n/a"

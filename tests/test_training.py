@@ -109,3 +109,41 @@ def test_augment_batch_crops_and_flips_on_tensors():
         assert torch.equal(out[i], x[i]) or torch.equal(out[i], x[i].flip(2))
     shifted = augment_batch(x, torch.Generator().manual_seed(1), pad=2)
     assert shifted.shape == x.shape
+
+
+def test_stage_killed_after_its_first_model_does_not_train_it_again(tmp_path, monkeypatch):
+    """A stage that trains two models (the teacher and its purifiers, an assistant chain), killed while training
+    the second: the rerun rebuilds the first model's checkpoint byte for byte from its finished resume file,
+    without a single training step, and its dvclive log too; finish_stage then removes both resume files."""
+    from robustkd import pipeline
+
+    monkeypatch.chdir(tmp_path)
+    group = dict(arch="lenet", width="mnist", epochs=2, batch_size=32, optimizer="adam", lr=2e-3, momentum=0.9,
+                 weight_decay=0.0, schedule="cosine", augment=False)
+    meta = {"shape": [1, 28, 28], "num_classes": 10, "mean": [0.2], "std": [0.3], "files": {"train.pt": "0" * 64}}
+    data, val = toy_data(96, 0), toy_data(32, 1)
+
+    def role(name, loss, upstream=()):
+        return pipeline.train_role(name, group, 0, loss, tmp_path / f"{name}.pt", tmp_path / "live" / name, meta,
+                                   data, val, extra_info={}, upstream=list(upstream), cuda_deterministic=False)
+
+    def killed(model, x, y):
+        raise KeyboardInterrupt("simulated kill")
+
+    def must_not_train(model, x, y):
+        raise AssertionError("the finished model was trained again")
+
+    first_info = role("first", TemperatureCE(1.0))
+    first_bytes = (tmp_path / "first.pt").read_bytes()
+    first_live = _live_files(tmp_path / "live" / "first")
+    with pytest.raises(KeyboardInterrupt):
+        role("second", killed, upstream=[tmp_path / "first.pt"])
+    # the rerun, as `dvc repro` does it: outputs deleted first
+    shutil.rmtree(tmp_path / "live")
+    (tmp_path / "first.pt").unlink()
+    assert role("first", must_not_train) == first_info
+    assert (tmp_path / "first.pt").read_bytes() == first_bytes
+    assert _live_files(tmp_path / "live" / "first") == first_live
+    role("second", TemperatureCE(1.0), upstream=[tmp_path / "first.pt"])
+    pipeline.finish_stage(["first", "second"])
+    assert not list((tmp_path / ".resume").iterdir())

@@ -98,9 +98,19 @@ def train_role(role: str, group: dict, seed: int, loss_fn, out_path: Path, live_
     info = {"role": role, "arch": spec.get("label", spec["arch"]), "best_epoch": result.best_epoch,
             "val_acc": result.best_val_acc, "train_seconds": round(result.seconds, 2), **extra_info}
     save_checkpoint(out_path, result.model, spec, info)
-    (RESUME_DIR / f"{role}.pt").unlink(missing_ok=True)
     print(f"[{role}] saved {out_path} (best epoch {result.best_epoch}, val_acc {result.best_val_acc:.4f})")
     return info
+
+
+def finish_stage(roles: list[str]) -> None:
+    """Delete the resume files of a stage's roles, once all of them are saved.
+
+    Kept until then: if a stage that trains several models (the teacher with its purifiers, an assistant chain)
+    is killed after its first model, a rerun finds that model's finished resume file and rebuilds the same
+    checkpoint without training it again; that checkpoint's hash is then unchanged, so the next model resumes too.
+    """
+    for role in roles:
+        (RESUME_DIR / f"{role}.pt").unlink(missing_ok=True)
 
 
 def load_model(path: Path):

@@ -81,14 +81,17 @@ def purification_grid(x: torch.Tensor, y: torch.Tensor, rows: dict[str, tuple[to
     """One row per stage (clean, adversarial, each purifier's output), each cell titled with the prediction.
 
     ``rows`` maps a row label to (images (N, C, H, W), predictions (N,)) in display order; a title is
-    green when the prediction equals ``y`` (the labels of the clean images ``x``) and red otherwise.
+    green when the prediction equals ``y`` (the labels of the clean images ``x``) and red otherwise. The first
+    row also names the true class where the prediction is wrong.
     """
     n_rows, cols = len(rows), len(x)
     fig, axes = plt.subplots(n_rows, cols, figsize=(1.6 * cols, 1.9 * n_rows), squeeze=False)
     for i, (name, (images, pred)) in enumerate(rows.items()):
         for j in range(cols):
             _show(axes[i, j], images[j])
-            axes[i, j].set_title(class_names[pred[j]], fontsize=7, color="green" if pred[j] == y[j] else "red")
+            right = pred[j] == y[j]
+            label = class_names[pred[j]] if right or i else f"{class_names[pred[j]]} (true: {class_names[y[j]]})"
+            axes[i, j].set_title(label, fontsize=7, color="green" if right else "red")
         axes[i, 0].set_ylabel(name, fontsize=8)
     fig.suptitle(title, fontsize=9)
     _save(fig, path)
