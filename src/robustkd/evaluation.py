@@ -114,6 +114,23 @@ def purified_image_quality(model: nn.Module, x: torch.Tensor, x_adv: torch.Tenso
             "adversarial": image_quality.summary(purify(model, x_adv, batch_size), x)}
 
 
+# The white-box attacks that run before AutoAttack; Square runs after AutoAttack too.
+CASCADE_BEFORE = {AUTOATTACK: (FGSM_CE, PGD_CE, PGD_MARGIN), SQUARE: (FGSM_CE, PGD_CE, PGD_MARGIN, AUTOATTACK)}
+
+
+def cascade_survivors(linf: dict[str, dict[str, list[int]]], key: str, clean_correct: torch.Tensor,
+                      before: tuple[str, ...]) -> torch.Tensor:
+    """Bool mask of the points still robust at ε ``key``: correct on the clean image and not broken by any
+    attack of ``before`` that has run at that ε. Only white-box attacks gate the cascade, so every adaptive
+    (white-box) number keeps its meaning for purified models, and Square still shows what a black box breaks
+    that no gradient attack could."""
+    alive = clean_correct.bool().cpu().clone()
+    for attack_name in before:
+        if key in linf.get(attack_name, {}):
+            alive &= torch.tensor(linf[attack_name][key], dtype=torch.bool)
+    return alive
+
+
 def evaluate(model: nn.Module, name: str, x_test: torch.Tensor, y_test: torch.Tensor, attack_idx: torch.Tensor,
              cfg: dict, transfer_adv: dict[str, torch.Tensor], on_classifier: dict | None = None) -> dict:
     """The whole suite on one model. ``x_test`` is float in [0,1]; ``attack_idx`` selects the attacked points.
@@ -125,15 +142,41 @@ def evaluate(model: nn.Module, name: str, x_test: torch.Tensor, y_test: torch.Te
     clean_correct = predict(model, x_test, bs) == y_test
     x, y = x_test[attack_idx], y_test[attack_idx]
     pgd_cfg = cfg["pgd"]
+    cascade = cfg.get("cascade", False)
     linf: dict[str, dict[str, list[int]]] = {a: {} for a in (FGSM_CE, PGD_CE, PGD_MARGIN, TRANSFER)}
     aa_flags: dict[str, list[str]] = {}
+    evaluated: dict[str, dict[str, int]] = {}  # expensive attacks: how many points each was run on
     precrafted = {TRANSFER: transfer_adv, **(on_classifier["linf"] if on_classifier else {})}
+    # Cheap attacks first, on every point; the expensive ones (AutoAttack, then Square) last, so that the
+    # cascade can give them only the points every cheaper white-box attack failed on.
     jobs = [(a, eps) for eps in cfg["eps"] for a in (FGSM_CE, PGD_CE, PGD_MARGIN, *precrafted)]
     jobs += [(AUTOATTACK, eps) for eps in cfg["autoattack"]["eps"]]
     if cfg["square"]["n_queries"] > 0:
         jobs.append((SQUARE, cfg["headline_eps"]))
+    clean_attacked = clean_correct[attack_idx]
     for attack_name, eps in tqdm(jobs, desc=f"attack {name}", leave=False):
         key = eps_key(eps)
+        if attack_name in (AUTOATTACK, SQUARE):
+            # The cascade: a point that a cheaper white-box attack (or AutoAttack, before Square) already broke
+            # counts as broken; so does one misclassified clean (every attack leaves it wrong anyway).
+            todo = (cascade_survivors(linf, key, clean_attacked, CASCADE_BEFORE[attack_name]) if cascade
+                    else torch.ones(len(y), dtype=torch.bool))
+            idx = todo.nonzero().squeeze(1).to(x.device)
+            evaluated.setdefault(attack_name, {})[key] = len(idx)
+            mask = torch.zeros(len(y), dtype=torch.int)
+            if attack_name == AUTOATTACK:
+                aa = cfg["autoattack"]
+                custom = aa["version"] == "custom"
+                x_adv, flags = attacks.autoattack(model, x[idx], y[idx], eps=eps, norm="Linf", version=aa["version"],
+                                                  attacks=aa["attacks"] if custom else None, batch_size=bs,
+                                                  seed=cfg["seed"], apgd_restarts=aa["apgd_restarts"] if custom else None)
+                aa_flags[key] = flags
+            else:
+                x_adv = attacks.square(model, x[idx], y[idx], eps=eps, n_queries=cfg["square"]["n_queries"],
+                                       seed=cfg["seed"])
+            mask[idx.cpu()] = torch.tensor(robust_mask(model, x_adv, y[idx], bs), dtype=torch.int)
+            linf.setdefault(attack_name, {})[key] = mask.tolist()
+            continue
         if attack_name == FGSM_CE:
             x_adv = attacks.attack_in_batches(attacks.fgsm, model, x, y, bs, eps=eps, loss="ce")
         elif attack_name in (PGD_CE, PGD_MARGIN):
@@ -141,17 +184,8 @@ def evaluate(model: nn.Module, name: str, x_test: torch.Tensor, y_test: torch.Te
                 attacks.pgd, model, x, y, bs, generator=_generator(cfg), eps=eps, steps=pgd_cfg["steps"],
                 step_size=pgd_cfg["step_size_ratio"] * eps, norm="linf",
                 loss="ce" if attack_name == PGD_CE else "margin", restarts=pgd_cfg["restarts"])
-        elif attack_name in precrafted:
-            x_adv = precrafted[attack_name][key]
-        elif attack_name == AUTOATTACK:
-            aa = cfg["autoattack"]
-            custom = aa["version"] == "custom"
-            x_adv, flags = attacks.autoattack(model, x, y, eps=eps, norm="Linf", version=aa["version"],
-                                              attacks=aa["attacks"] if custom else None, batch_size=bs,
-                                              seed=cfg["seed"], apgd_restarts=aa["apgd_restarts"] if custom else None)
-            aa_flags[key] = flags
         else:
-            x_adv = attacks.square(model, x, y, eps=eps, n_queries=cfg["square"]["n_queries"], seed=cfg["seed"])
+            x_adv = precrafted[attack_name][key]
         linf.setdefault(attack_name, {})[key] = robust_mask(model, x_adv, y, bs)
 
     l2: dict[str, dict[str, list[int]]] = {PGD_L2: {}}
@@ -184,6 +218,8 @@ def evaluate(model: nn.Module, name: str, x_test: torch.Tensor, y_test: torch.Te
         "linf": linf,
         "l2": l2,
         "autoattack_flags": aa_flags,
+        "cascade": cascade,
+        "n_evaluated": evaluated,
         "cw_l2": {"n_points": n_cw, "l2": cw_norms},
         "sensitivity": {"n_points": n_sens, **sensitivity(model, x[:n_sens], y[:n_sens], bs)},
         "paper_protocol": paper_protocol,

@@ -223,6 +223,7 @@ SCHEMA = Group(
                 "n_points": Nullable(Int(1)),
                 "batch_size": Int(1, 1 << 16),
                 "seed": Int(0, 2**31 - 1),
+                "cascade": Bool(),
                 "eps": ListOf(EPS, unique=True),
                 "headline_eps": EPS,
                 "pgd": Group({"steps": Int(1, 100_000), "step_size_ratio": Float(0.0, 10.0, min_exclusive=True),

@@ -1,0 +1,290 @@
+"""Benchmark: this project's engine against the code a researcher would otherwise write, on the same model,
+data, batch size and steps, in one process, alternating runs (engine, reference, engine, reference, ...).
+
+    python src/bench.py                 # training, PGD and evaluation (about 10 min on 2 CPU cores)
+    python src/bench.py --pipeline      # also: the default `dvc repro` in a fresh clone, stage by stage (peak
+                                        # memory), then a rerun after an attack-only change (+ about 15 min)
+    python src/bench.py --quick         # small sizes, a smoke test of this script (numbers not meaningful)
+
+Compared:
+  * training: `robustkd.training.train` (uint8 tensors on the device, batches cast there, channels_last) vs a
+    torchvision `FashionMNIST` dataset + `ToTensor` + `DataLoader` loop (the PyTorch tutorial's way);
+  * PGD-L∞: `robustkd.attacks.pgd` (model frozen: no weight gradients, channels_last) vs `torchattacks.PGD`
+    (install: `pip install --no-deps torchattacks==3.5.1 scipy`);
+  * evaluation: the whole attack suite (`robustkd.evaluation.evaluate`, params.yaml's `attack` group) with and
+    without the cascade (`attack.cascade`), which must give the same per-point worst case.
+The last line of output is one JSON object (ratios: higher is better for the engine).
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from robustkd import attacks, data, evaluation  # noqa: E402
+from robustkd.diagnostics import worst_case_points  # noqa: E402
+from robustkd.errors import ProjectError  # noqa: E402
+from robustkd.losses import PGDAT, TemperatureCE  # noqa: E402
+from robustkd.adversarial import InnerAttack  # noqa: E402
+from robustkd.models import build_model, place  # noqa: E402
+from robustkd.training import TrainConfig, pick_device, to_float, train  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+STAGES = ("prepare", "teacher", "assistant", "student", "surrogate", "attack", "metrics")
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def load_fashion_mnist(raw_dir: Path) -> data.RawData:
+    return data.load_raw("fashion_mnist", raw_dir)
+
+
+def torchvision_root(raw: data.RawData, tmp: Path) -> Path:
+    """The layout torchvision's FashionMNIST(download=False) reads: <root>/FashionMNIST/raw/<unzipped IDX files>."""
+    out = tmp / "FashionMNIST" / "raw"
+    out.mkdir(parents=True)
+    for src in raw.sources:
+        src = Path(src)
+        name = src.name.removesuffix(".gz")
+        opener = gzip.open if src.suffix == ".gz" else open
+        with opener(src, "rb") as f_in, open(out / name, "wb") as f_out:
+            shutil.copyfileobj(f_in, f_out)
+    return tmp
+
+
+def new_model(seed: int, channels_last: bool, device: torch.device):
+    """The default pipeline's classifier (Papernot CNN, MNIST widths), the same initial weights for both sides."""
+    torch.manual_seed(seed)
+    model = build_model("papernot_cnn", 1, 28, 10, [0.2860], [0.3530])
+    return place(model, device) if channels_last else model.to(device)
+
+
+# ------------------------------------------------------------------------------------------- training
+def engine_train(x_u8, y, val, cfg: TrainConfig, device) -> float:
+    model = new_model(0, True, device)
+    t0 = time.perf_counter()
+    train(model, TemperatureCE(1.0), (x_u8, y), val, cfg, "bench")
+    return time.perf_counter() - t0
+
+
+def reference_train(root: Path, n: int, cfg: TrainConfig, workers: int, device) -> float:
+    """What the PyTorch tutorials teach: a torchvision dataset, per-sample ToTensor, a DataLoader."""
+    from torchvision import datasets, transforms
+
+    model = new_model(0, False, device)
+    dataset = torch.utils.data.Subset(
+        datasets.FashionMNIST(str(root), train=True, download=False, transform=transforms.ToTensor()), range(n))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, num_workers=workers,
+                                         generator=torch.Generator().manual_seed(cfg.seed))
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    t0 = time.perf_counter()
+    for _ in range(cfg.epochs):
+        model.train()
+        for xb, yb in loader:
+            xb, yb = xb.to(device), yb.to(device)
+            loss = F.cross_entropy(model(xb), yb)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------------------------------------ PGD
+def engine_pgd(model, x, y, eps, steps, batch_size) -> tuple[float, float]:
+    t0 = time.perf_counter()
+    with attacks.frozen(model):
+        x_adv = attacks.attack_in_batches(attacks.pgd, model, x, y, batch_size,
+                                          generator=torch.Generator().manual_seed(0), eps=eps, steps=steps,
+                                          step_size=eps / 4, norm="linf", loss="ce")
+        seconds = time.perf_counter() - t0
+        acc = (evaluation.predict(model, x_adv, batch_size) == y).float().mean().item()
+    return seconds, acc
+
+
+def reference_pgd(model, x, y, eps, steps, batch_size) -> tuple[float, float]:
+    import torchattacks
+
+    model.eval()
+    attack = torchattacks.PGD(model, eps=eps, alpha=eps / 4, steps=steps, random_start=True)
+    t0 = time.perf_counter()
+    x_adv = torch.cat([attack(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    seconds = time.perf_counter() - t0
+    with torch.no_grad():
+        acc = (evaluation.predict(model, x_adv, batch_size) == y).float().mean().item()
+    return seconds, acc
+
+
+# ----------------------------------------------------------------------------------------- evaluation
+def run_suite(model, x_test, y_test, idx, cfg, transfer_adv, cascade: bool) -> tuple[float, dict]:
+    t0 = time.perf_counter()
+    with attacks.frozen(model):
+        result = evaluation.evaluate(model, "bench", x_test, y_test, idx, {**cfg, "cascade": cascade}, transfer_adv)
+    return time.perf_counter() - t0, result
+
+
+def worst_cases(result: dict, eps_list) -> dict:
+    return {evaluation.eps_key(e): worst_case_points(result["linf"], evaluation.eps_key(e)) for e in eps_list}
+
+
+# ------------------------------------------------------------------------------------------- pipeline
+def run_measured(cmd: list[str], cwd: Path) -> tuple[float, float]:
+    """(wall seconds, peak resident MiB of the command and every process it waited for)."""
+    with tempfile.TemporaryFile("w+") as err:  # a file, not a pipe: a full pipe would block the stage
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            err.seek(0)
+            raise ProjectError(f"`{' '.join(cmd)}` failed in {cwd} (exit {proc.returncode}): {err.read()[-2000:]}")
+    return seconds, usage.ru_maxrss / 1024  # Linux: KiB
+
+
+def bench_pipeline(tmp: Path) -> dict:
+    """The default `dvc repro` in a fresh clone of HEAD (empty DVC cache), stage by stage, then `dvc repro` after
+    an attack-only change (attack.seed), as a fraction of the full run."""
+    clone = tmp / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    stages = {}
+    for stage in STAGES:
+        seconds, rss = run_measured(["dvc", "repro", "--single-item", stage], clone)
+        stages[stage] = {"seconds": round(seconds, 1), "peak_rss_mib": round(rss)}
+        log(f"pipeline: {stage} {seconds:.1f} s, peak RSS {rss:.0f} MiB")
+    full = sum(s["seconds"] for s in stages.values())
+    params_path = clone / "params.yaml"
+    params = yaml.safe_load(params_path.read_text())
+    params["attack"]["seed"] += 1
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    rerun, rss = run_measured(["dvc", "repro"], clone)
+    log(f"pipeline: rerun after attack.seed changed {rerun:.1f} s (full {full:.1f} s)")
+    return {"full_repro_seconds": round(full, 1), "attack_only_rerun_seconds": round(rerun, 1),
+            "attack_only_fraction": round(rerun / full, 3), "stages": stages,
+            "attack_only_rerun_peak_rss_mib": round(rss)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs per side (training and PGD)")
+    parser.add_argument("--train-images", type=int, default=12_800)
+    parser.add_argument("--attack-images", type=int, default=1_000)
+    parser.add_argument("--workers", type=int, default=0,
+                        help="DataLoader workers of the reference loop (0 was its fastest on 2 cores)")
+    parser.add_argument("--raw-dir", type=Path, default=ROOT / "data" / "raw")
+    parser.add_argument("--pipeline", action="store_true", help="also time the default dvc repro and a rerun")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that the script runs")
+    args = parser.parse_args()
+    if args.repeats < 1 or args.train_images < 256 or args.attack_images < 10 or args.workers < 0:
+        parser.error("--repeats >= 1, --train-images >= 256, --attack-images >= 10, --workers >= 0")
+    if args.quick:
+        args.repeats, args.train_images, args.attack_images = 1, 512, 40
+    try:
+        import torchattacks  # noqa: F401
+    except ImportError:
+        parser.error("torchattacks is needed for the reference PGD: pip install --no-deps torchattacks==3.5.1 scipy")
+
+    device = pick_device()
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    attack_cfg = params["attack"]
+    if args.quick:
+        attack_cfg = {**attack_cfg, "n_points": 40, "cw_l2": {**attack_cfg["cw_l2"], "n_points": 10},
+                      "square": {"n_queries": 20}, "sensitivity_points": 20}
+    raw = load_fashion_mnist(args.raw_dir)
+    x_train, y_train = raw.train_x, raw.train_y
+    x_test, y_test = to_float(raw.test_x).to(device), raw.test_y.to(device)
+    log(f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    out: dict = {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
+                 "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
+
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        root = torchvision_root(raw, tmp / "torchvision")
+        n = args.train_images
+        cfg = TrainConfig(epochs=1, batch_size=128, optimizer="adam", lr=3e-3, momentum=0.0, weight_decay=0.0,
+                          schedule="constant", augment=False, seed=0)
+        val = (raw.test_x[:128], raw.test_y[:128])  # the engine's loop also validates; kept tiny
+        engine_s, reference_s = [], []
+        for r in range(args.repeats):
+            engine_s.append(engine_train(x_train[:n], y_train[:n], val, cfg, device))
+            reference_s.append(reference_train(root, n, cfg, args.workers, device))
+            log(f"train run {r + 1}: engine {n / engine_s[-1]:.0f} img/s, reference {n / reference_s[-1]:.0f} img/s")
+        out["train"] = {"images": n, "batch_size": cfg.batch_size, "reference_workers": args.workers,
+                        "engine_images_per_s": round(n / statistics.median(engine_s), 1),
+                        "reference_images_per_s": round(n / statistics.median(reference_s), 1)}
+        out["train_speedup"] = round(statistics.median(reference_s) / statistics.median(engine_s), 3)
+
+        # A model to attack: natural CE for 1 epoch on 12,800 images (the default pipeline's models fall to ~0%
+        # under attack too), and a robust one (PGD-AT) to show what the cascade saves when most points survive.
+        natural = new_model(1, True, device)
+        train(natural, TemperatureCE(1.0), (x_train[:n], y_train[:n]), val, cfg, "natural")
+        robust = new_model(2, True, device)
+        inner = InnerAttack(eps=attack_cfg["headline_eps"], steps=3, step_size=attack_cfg["headline_eps"] / 2)
+        train(robust, PGDAT(inner), (x_train[:n], y_train[:n]), val,
+              TrainConfig(**{**cfg.__dict__, "epochs": 2}), "pgd_at")
+
+        m = args.attack_images
+        eps, steps, bs = attack_cfg["headline_eps"], attack_cfg["pgd"]["steps"], attack_cfg["batch_size"]
+        reference_model = new_model(1, False, device)
+        reference_model.load_state_dict(natural.state_dict())
+        x_ref = x_test[:m].contiguous()  # what a DataLoader hands over: NCHW-contiguous
+        engine_s, reference_s = [], []
+        for r in range(args.repeats):
+            (s, engine_acc) = engine_pgd(natural, x_test[:m], y_test[:m], eps, steps, bs)
+            engine_s.append(s)
+            (s, reference_acc) = reference_pgd(reference_model, x_ref, y_test[:m], eps, steps, bs)
+            reference_s.append(s)
+            log(f"PGD run {r + 1}: engine {m / engine_s[-1]:.0f} img/s (robust acc {engine_acc:.3f}), "
+                f"torchattacks {m / reference_s[-1]:.0f} img/s (robust acc {reference_acc:.3f})")
+        out["attack"] = {"images": m, "eps": eps, "steps": steps, "batch_size": bs,
+                         "engine_images_per_s": round(m / statistics.median(engine_s), 1),
+                         "reference_images_per_s": round(m / statistics.median(reference_s), 1),
+                         "engine_robust_acc": round(engine_acc, 4), "reference_robust_acc": round(reference_acc, 4)}
+        out["attack_speedup"] = round(statistics.median(reference_s) / statistics.median(engine_s), 3)
+
+        surrogate = new_model(3, True, device)
+        train(surrogate, TemperatureCE(1.0), (x_train[n:2 * n], y_train[n:2 * n]), val, cfg, "surrogate")
+        n_points = attack_cfg["n_points"] or len(y_test)
+        idx = torch.randperm(len(y_test), generator=torch.Generator().manual_seed(attack_cfg["seed"]))[:n_points]
+        idx = idx.sort().values.to(device)
+        with attacks.frozen(surrogate):
+            transfer_adv = evaluation.craft_transfer(surrogate, x_test[idx], y_test[idx], attack_cfg)
+        out["eval"] = {"points": n_points}
+        for label, model in (("natural", natural), ("robust", robust)):
+            full_s, full = run_suite(model, x_test, y_test, idx, attack_cfg, transfer_adv, cascade=False)
+            cascade_s, cascaded = run_suite(model, x_test, y_test, idx, attack_cfg, transfer_adv, cascade=True)
+            identical = worst_cases(full, attack_cfg["eps"]) == worst_cases(cascaded, attack_cfg["eps"])
+            head = evaluation.eps_key(eps)
+            worst = {k: round(sum(v) / len(v), 4) for k, v in worst_cases(cascaded, [eps]).items()}
+            out["eval"][label] = {
+                "full_seconds": round(full_s, 1), "cascade_seconds": round(cascade_s, 1),
+                "full_images_per_s": round(n_points / full_s, 2), "cascade_images_per_s": round(n_points / cascade_s, 2),
+                "speedup": round(full_s / cascade_s, 3), "identical_worst_case": identical,
+                "worst_case_headline": worst[head],
+                "autoattack_points": cascaded["n_evaluated"].get(evaluation.AUTOATTACK, {}).get(head)}
+            log(f"eval {label}: full suite {full_s:.1f} s, cascade {cascade_s:.1f} s, identical worst case: {identical}")
+        out["eval_speedup"] = out["eval"]["natural"]["speedup"]
+        out["eval_speedup_robust"] = out["eval"]["robust"]["speedup"]
+        out["eval_identical_worst_case"] = all(out["eval"][k]["identical_worst_case"] for k in ("natural", "robust"))
+        if args.pipeline:
+            out["pipeline"] = bench_pipeline(tmp)
+    print(json.dumps(out, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

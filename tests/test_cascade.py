@@ -1,0 +1,102 @@
+"""The evaluation cascade (`attack.cascade`): AutoAttack, then Square, run only on the points every cheaper
+white-box attack failed on. The per-point worst case must be the one of running everything on everything."""
+import pytest
+import torch
+
+from attack_fixtures import FMNIST_DIR, fashion_mnist, fashion_mnist_available, trained_fmnist_model
+from robustkd import attacks, evaluation
+from robustkd.diagnostics import worst_case_points
+
+CFG = {
+    "batch_size": 32, "seed": 0, "eps": [0.02, 0.1], "headline_eps": 0.02,
+    "pgd": {"steps": 5, "step_size_ratio": 0.25, "restarts": 1}, "pgd_l2": {"eps": [], "steps": 5, "restarts": 1},
+    "cw_l2": {"n_points": 0, "steps": 10, "binary_search_steps": 2, "c_init": 0.1, "lr": 0.01},
+    "autoattack": {"version": "custom", "attacks": ["apgd-ce", "apgd-dlr"], "eps": [0.02, 0.1], "apgd_restarts": 1},
+    "square": {"n_queries": 50}, "transfer": {"steps": 5}, "sensitivity_points": 4,
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def setting():
+    """An undefended model on 64 real test points: some survive at ε = 0.02, almost none at ε = 0.1."""
+    if not fashion_mnist_available():
+        pytest.skip(f"real Fashion-MNIST IDX files not found in {FMNIST_DIR}")
+    model = trained_fmnist_model(n_train=3000).eval()
+    x, y = fashion_mnist("test", 64)
+    surrogate = trained_fmnist_model(n_train=1000, seed=1).eval()
+    transfer_adv = evaluation.craft_transfer(surrogate, x, y, CFG)
+    return model, x, y, torch.arange(64), transfer_adv
+
+
+def run(setting, cascade):
+    model, x, y, idx, transfer_adv = setting
+    with attacks.frozen(model):
+        return evaluation.evaluate(model, "m", x, y, idx, {**CFG, "cascade": cascade}, transfer_adv)
+
+
+@pytest.fixture(scope="module")
+def both(setting):
+    return run(setting, False), run(setting, True)
+
+
+def test_cascade_keeps_the_per_point_worst_case(both):
+    full, cascaded = both
+    for eps in CFG["eps"]:
+        key = evaluation.eps_key(eps)
+        assert worst_case_points(cascaded["linf"], key) == worst_case_points(full["linf"], key)
+
+
+def test_cascade_runs_the_expensive_attacks_on_the_survivors_only(both):
+    full, cascaded = both
+    clean = torch.tensor(full["attacked_clean_correct"], dtype=torch.bool)
+    for eps in CFG["autoattack"]["eps"]:
+        key = evaluation.eps_key(eps)
+        survivors = evaluation.cascade_survivors(full["linf"], key, clean,
+                                                 evaluation.CASCADE_BEFORE[evaluation.AUTOATTACK])
+        assert cascaded["n_evaluated"][evaluation.AUTOATTACK][key] == int(survivors.sum())
+        assert full["n_evaluated"][evaluation.AUTOATTACK][key] == 64
+        # A point the cascade skipped counts as broken; on the others AutoAttack decides.
+        aa = torch.tensor(cascaded["linf"][evaluation.AUTOATTACK][key], dtype=torch.bool)
+        assert not (aa & ~survivors).any()
+    key = evaluation.eps_key(0.1)
+    assert cascaded["n_evaluated"][evaluation.AUTOATTACK][key] < 64 // 2  # the point of the cascade
+    head = evaluation.eps_key(CFG["headline_eps"])
+    assert cascaded["n_evaluated"][evaluation.SQUARE][head] <= cascaded["n_evaluated"][evaluation.AUTOATTACK][head]
+    assert cascaded["cascade"] is True and full["cascade"] is False
+
+
+def test_cheap_attacks_are_unchanged_by_the_cascade(both):
+    full, cascaded = both
+    for attack in (evaluation.FGSM_CE, evaluation.PGD_CE, evaluation.PGD_MARGIN, evaluation.TRANSFER):
+        assert cascaded["linf"][attack] == full["linf"][attack]
+    assert cascaded["sensitivity"] == full["sensitivity"] and cascaded["clean_correct"] == full["clean_correct"]
+
+
+def test_cascade_bookkeeping_with_a_per_point_deterministic_attack(setting, monkeypatch):
+    """With an expensive attack whose outcome per point does not depend on the other points of its batch, the
+    cascade's AutoAttack mask is exactly the full mask AND the cheaper white-box attacks; it is given exactly
+    the surviving points."""
+    seen = []
+    cfg = {**CFG, "square": {"n_queries": 0}, "eps": [0.02], "autoattack": {**CFG["autoattack"], "eps": [0.02]}}
+    model, x, y, idx, transfer_adv = setting
+    # No random start: each point's outcome depends on that point alone.
+    monkeypatch.setattr(evaluation.attacks, "autoattack", lambda m, xs, ys, eps, **kw: (
+        seen.append(len(xs)) or attacks.pgd(m, xs, ys, eps=eps, steps=3, step_size=eps / 2, norm="linf",
+                                            loss="margin", restarts=1, generator=None, random_start=False), []))
+    with attacks.frozen(model):
+        full = evaluation.evaluate(model, "m", x, y, idx, {**cfg, "cascade": False}, transfer_adv)
+        cascaded = evaluation.evaluate(model, "m", x, y, idx, {**cfg, "cascade": True}, transfer_adv)
+    key = evaluation.eps_key(0.02)
+    clean = torch.tensor(full["attacked_clean_correct"], dtype=torch.bool)
+    survivors = evaluation.cascade_survivors(full["linf"], key, clean, evaluation.CASCADE_BEFORE[evaluation.AUTOATTACK])
+    assert seen == [64, int(survivors.sum())]
+    expected = (torch.tensor(full["linf"][evaluation.AUTOATTACK][key], dtype=torch.bool) & survivors).int().tolist()
+    assert cascaded["linf"][evaluation.AUTOATTACK][key] == expected
