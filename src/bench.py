@@ -22,6 +22,7 @@ import gzip
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -44,7 +45,6 @@ from robustkd.models import build_model, place  # noqa: E402
 from robustkd.training import TrainConfig, pick_device, to_float, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("prepare", "teacher", "assistant", "student", "surrogate", "attack", "metrics")
 
 
 def log(msg: str) -> None:
@@ -143,28 +143,31 @@ def worst_cases(result: dict, eps_list) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- pipeline
-def run_measured(cmd: list[str], cwd: Path) -> tuple[float, float]:
-    """(wall seconds, peak resident MiB of the command and every process it waited for)."""
-    with tempfile.TemporaryFile("w+") as err:  # a file, not a pipe: a full pipe would block the stage
+def run_measured(cmd: list[str], cwd: Path) -> tuple[float, float, str]:
+    """(wall seconds, peak resident MiB of the command and every process it waited for, its stdout)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:  # files: a full pipe would block
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=err)
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
         if proc.returncode:
-            err.seek(0)
             raise ProjectError(f"`{' '.join(cmd)}` failed in {cwd} (exit {proc.returncode}): {err.read()[-2000:]}")
-    return seconds, usage.ru_maxrss / 1024  # Linux: KiB
+        return seconds, usage.ru_maxrss / 1024, out.read()  # ru_maxrss is in KiB on Linux
 
 
-def bench_pipeline(tmp: Path) -> dict:
-    """The default `dvc repro` in a fresh clone of HEAD (empty DVC cache), stage by stage, then `dvc repro` after
-    an attack-only change (attack.seed), as a fraction of the full run."""
+def bench_pipeline(repo: Path, tmp: Path) -> dict:
+    """The default `dvc repro` in a fresh clone of ``repo``'s HEAD (empty DVC cache), stage by stage (time and peak
+    memory of each), then `dvc repro` after an attack-only change (attack.seed), as a fraction of the full run."""
     clone = tmp / "clone"
-    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
+    names = subprocess.run(["dvc", "stage", "list", "--names-only"], cwd=clone, check=True, capture_output=True,
+                           text=True).stdout.split()  # dvc.yaml's order, which is a topological one here
     stages = {}
-    for stage in STAGES:
-        seconds, rss = run_measured(["dvc", "repro", "--single-item", stage], clone)
+    for stage in names:
+        seconds, rss, _ = run_measured(["dvc", "repro", "--single-item", stage], clone)
         stages[stage] = {"seconds": round(seconds, 1), "peak_rss_mib": round(rss)}
         log(f"pipeline: {stage} {seconds:.1f} s, peak RSS {rss:.0f} MiB")
     full = sum(s["seconds"] for s in stages.values())
@@ -172,10 +175,11 @@ def bench_pipeline(tmp: Path) -> dict:
     params = yaml.safe_load(params_path.read_text())
     params["attack"]["seed"] += 1
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
-    rerun, rss = run_measured(["dvc", "repro"], clone)
+    rerun, rss, stdout = run_measured(["dvc", "repro"], clone)
     log(f"pipeline: rerun after attack.seed changed {rerun:.1f} s (full {full:.1f} s)")
     return {"full_repro_seconds": round(full, 1), "attack_only_rerun_seconds": round(rerun, 1),
             "attack_only_fraction": round(rerun / full, 3), "stages": stages,
+            "attack_only_rerun_stages": sorted(set(re.findall(r"Running stage '([^']+)'", stdout))),
             "attack_only_rerun_peak_rss_mib": round(rss)}
 
 
@@ -184,13 +188,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="alternating runs per side (training and PGD)")
     parser.add_argument("--train-images", type=int, default=12_800)
     parser.add_argument("--attack-images", type=int, default=1_000)
-    parser.add_argument("--workers", type=int, default=0,
-                        help="DataLoader workers of the reference loop (0 was its fastest on 2 cores)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2],
+                        help="DataLoader workers of the reference loops (0; 2 as in PyTorch's CIFAR-10 tutorial); "
+                             "train_speedup is against the fastest of them")
     parser.add_argument("--raw-dir", type=Path, default=ROOT / "data" / "raw")
     parser.add_argument("--pipeline", action="store_true", help="also time the default dvc repro and a rerun")
+    parser.add_argument("--repo", type=Path, default=ROOT, help="--pipeline: the git repository whose HEAD is cloned")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that the script runs")
     args = parser.parse_args()
-    if args.repeats < 1 or args.train_images < 256 or args.attack_images < 10 or args.workers < 0:
+    if args.repeats < 1 or args.train_images < 256 or args.attack_images < 10 or min(args.workers) < 0:
         parser.error("--repeats >= 1, --train-images >= 256, --attack-images >= 10, --workers >= 0")
     if args.quick:
         args.repeats, args.train_images, args.attack_images = 1, 512, 40
@@ -219,15 +225,22 @@ def main() -> None:
         cfg = TrainConfig(epochs=1, batch_size=128, optimizer="adam", lr=3e-3, momentum=0.0, weight_decay=0.0,
                           schedule="constant", augment=False, seed=0)
         val = (raw.test_x[:128], raw.test_y[:128])  # the engine's loop also validates; kept tiny
-        engine_s, reference_s = [], []
+        engine_s, reference_s = [], {w: [] for w in args.workers}
         for r in range(args.repeats):
             engine_s.append(engine_train(x_train[:n], y_train[:n], val, cfg, device))
-            reference_s.append(reference_train(root, n, cfg, args.workers, device))
-            log(f"train run {r + 1}: engine {n / engine_s[-1]:.0f} img/s, reference {n / reference_s[-1]:.0f} img/s")
-        out["train"] = {"images": n, "batch_size": cfg.batch_size, "reference_workers": args.workers,
-                        "engine_images_per_s": round(n / statistics.median(engine_s), 1),
-                        "reference_images_per_s": round(n / statistics.median(reference_s), 1)}
-        out["train_speedup"] = round(statistics.median(reference_s) / statistics.median(engine_s), 3)
+            for w in args.workers:
+                reference_s[w].append(reference_train(root, n, cfg, w, device))
+            log(f"train run {r + 1}: engine {n / engine_s[-1]:.0f} img/s, reference "
+                + ", ".join(f"{n / reference_s[w][-1]:.0f} img/s ({w} workers)" for w in args.workers))
+        engine_t = statistics.median(engine_s)
+        reference_t = {w: statistics.median(v) for w, v in reference_s.items()}
+        fastest = min(reference_t, key=reference_t.get)
+        out["train"] = {"images": n, "batch_size": cfg.batch_size, "epochs": cfg.epochs,
+                        "engine_images_per_s": round(n / engine_t, 1),
+                        "reference_images_per_s": {f"workers_{w}": round(n / t, 1) for w, t in reference_t.items()},
+                        "speedup_per_reference": {f"workers_{w}": round(t / engine_t, 3) for w, t in reference_t.items()},
+                        "fastest_reference_workers": fastest}
+        out["train_speedup"] = round(reference_t[fastest] / engine_t, 3)
 
         # A model to attack: natural CE for 1 epoch on 12,800 images (the default pipeline's models fall to ~0%
         # under attack too), and a robust one (PGD-AT) to show what the cascade saves when most points survive.
@@ -282,7 +295,7 @@ def main() -> None:
         out["eval_speedup_robust"] = out["eval"]["robust"]["speedup"]
         out["eval_identical_worst_case"] = all(out["eval"][k]["identical_worst_case"] for k in ("natural", "robust"))
         if args.pipeline:
-            out["pipeline"] = bench_pipeline(tmp)
+            out["pipeline"] = bench_pipeline(args.repo, tmp)
     print(json.dumps(out, sort_keys=True))
 
 

@@ -100,3 +100,15 @@ def test_cascade_bookkeeping_with_a_per_point_deterministic_attack(setting, monk
     assert seen == [64, int(survivors.sum())]
     expected = (torch.tensor(full["linf"][evaluation.AUTOATTACK][key], dtype=torch.bool) & survivors).int().tolist()
     assert cascaded["linf"][evaluation.AUTOATTACK][key] == expected
+
+
+def test_cascade_with_no_survivor_skips_the_expensive_attacks(setting):
+    """At ε = 1 every point falls to the cheap attacks: AutoAttack and Square get no point, and that is fine."""
+    model, x, y, idx, transfer_adv = setting
+    cfg = {**CFG, "eps": [1.0], "headline_eps": 1.0, "autoattack": {**CFG["autoattack"], "eps": [1.0]}}
+    transfer = {evaluation.eps_key(1.0): transfer_adv[evaluation.eps_key(0.1)]}
+    with attacks.frozen(model):
+        result = evaluation.evaluate(model, "m", x, y, idx, {**cfg, "cascade": True}, transfer)
+    key = evaluation.eps_key(1.0)
+    assert result["n_evaluated"] == {evaluation.AUTOATTACK: {key: 0}, evaluation.SQUARE: {key: 0}}
+    assert result["linf"][evaluation.AUTOATTACK][key] == [0] * 64 == result["linf"][evaluation.SQUARE][key]

@@ -38,6 +38,8 @@ def eps_key(eps: float) -> str:
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    if len(x) == 0:  # e.g. the cascade left no point for an expensive attack
+        return torch.zeros(0, dtype=torch.long, device=x.device)
     return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
 
 

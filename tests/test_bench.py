@@ -1,0 +1,40 @@
+"""src/bench.py: its last line is one JSON object with the promised keys, and the pipeline timing reruns only the
+attack and metrics stages after an attack-only change."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from tiny_repo import env, make_tiny_repo
+
+pytestmark = pytest.mark.slow
+
+
+def test_bench_quick_prints_the_promised_json():
+    pytest.importorskip("torchattacks")
+    proc = subprocess.run([sys.executable, str(ROOT / "src" / "bench.py"), "--quick"], cwd=ROOT, env=env(),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("train_speedup", "attack_speedup", "eval_speedup", "eval_speedup_robust"):
+        assert result[key] > 0
+    assert result["train"]["engine_images_per_s"] > 0 and result["attack"]["reference_images_per_s"] > 0
+    assert set(result["train"]["reference_images_per_s"]) == {"workers_0", "workers_2"}
+    # The cascade must not change the per-point worst case, on a weak and on an adversarially trained model.
+    assert result["eval_identical_worst_case"] is True
+    for model in ("natural", "robust"):
+        assert result["eval"][model]["autoattack_points"] <= result["eval"]["points"]
+
+
+def test_pipeline_timing_on_a_tiny_repo(tmp_path):
+    sys.path.insert(0, str(ROOT / "src"))
+    import bench
+
+    repo = make_tiny_repo(tmp_path / "repo")
+    result = bench.bench_pipeline(repo, tmp_path / "work")
+    assert {"prepare", "teacher", "student", "attack", "metrics"} <= set(result["stages"])
+    assert all(s["peak_rss_mib"] > 50 for s in result["stages"].values())  # a python process with torch, at least
+    assert result["attack_only_rerun_stages"] == ["attack", "metrics"]
+    assert 0 < result["attack_only_fraction"] < 1
