@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from tiny_repo import env, make_tiny_repo
+from tiny_repo import env, make_tiny_repo, run
 
 pytestmark = pytest.mark.slow
 
@@ -33,8 +33,9 @@ def test_pipeline_timing_on_a_tiny_repo(tmp_path):
     import bench
 
     repo = make_tiny_repo(tmp_path / "repo")
-    result = bench.bench_pipeline(repo, tmp_path / "work")
+    result = bench.bench_pipeline(repo, tmp_path / "clone")
     assert {"prepare", "teacher", "student", "attack", "metrics"} <= set(result["stages"])
     assert all(s["peak_rss_mib"] > 50 for s in result["stages"].values())  # a python process with torch, at least
     assert result["attack_only_rerun_stages"] == ["attack", "metrics"]
     assert 0 < result["attack_only_fraction"] < 1
+    assert run(["dvc", "status", "-q"], tmp_path / "clone").returncode == 0  # the clone keeps the default run
