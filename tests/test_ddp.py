@@ -99,3 +99,26 @@ def test_stage_rejects_params_unfit_for_the_launch_before_reading_data(monkeypat
         distributed.check_params(params)
     monkeypatch.setenv("WORLD_SIZE", "1")
     distributed.check_params(params)
+
+
+def test_stage_scripts_run_under_torchrun(tmp_path):
+    """`torchrun --nproc_per_node 2 src/teacher.py`, then src/assistant.py (which reads the checkpoint rank 0 just
+    wrote): the same files as the single-process stages, weights within the tolerance above."""
+    from test_reliability import reliability_params
+    from tiny_repo import make_tiny_repo
+
+    params = reliability_params()
+    params["teacher"].update(epochs=2)
+    repos = {name: make_tiny_repo(tmp_path / name, params) for name in ("single", "ddp")}
+    for name, repo in repos.items():
+        _run([sys.executable, "src/prepare.py"], cwd=repo)
+        for stage in ("teacher", "assistant"):
+            script = f"src/{stage}.py"
+            _run(torchrun(script) if name == "ddp" else [sys.executable, script], cwd=repo)
+    files = lambda repo: sorted(p.relative_to(repo).as_posix() for d in ("models", "dvclive")  # noqa: E731
+                                for p in (repo / d).rglob("*") if p.is_file())
+    assert files(repos["ddp"]) == files(repos["single"])
+    assert not list((repos["ddp"] / ".resume").glob("*"))  # finish_stage ran (on rank 0)
+    for ckpt in ("models/teacher.pt", "models/assistants/assistant_1.pt"):
+        load = lambda repo: torch.load(repo / ckpt, weights_only=True)["state_dict"]  # noqa: E731
+        assert_close_weights(load(repos["ddp"]), load(repos["single"]))
