@@ -259,9 +259,10 @@ def train(
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
             rng = saved["rank_rng"][rank] if world > 1 else saved
-            torch.set_rng_state(rng["cpu_rng"])
+            # RNG states are CPU byte tensors, whatever map_location moved them to
+            torch.set_rng_state(rng["cpu_rng"].cpu())
             if device.type == "cuda" and rng.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state(rng["cuda_rng"])
+                torch.cuda.set_rng_state(rng["cuda_rng"].cpu(), device)
             start_epoch, best_val, best_epoch = saved["epoch"], saved["best_val"], saved["best_epoch"]
             best_state, elapsed = saved["best_state"], saved["elapsed"]
             history = json.loads(saved["history"])
