@@ -101,6 +101,7 @@ def test_stage_rejects_params_unfit_for_the_launch_before_reading_data(monkeypat
     distributed.check_params(params)
 
 
+@pytest.mark.slow  # 36 s alone, 100 s with the machine busy
 def test_stage_scripts_run_under_torchrun(tmp_path):
     """`torchrun --nproc_per_node 2 src/teacher.py`, then src/assistant.py (which reads the checkpoint rank 0 just
     wrote): the same files as the single-process stages, weights within the tolerance above."""
