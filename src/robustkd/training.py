@@ -204,7 +204,10 @@ def _wrap_for_training(model: nn.Module, device: torch.device, engine: Engine, w
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+        device_ids = None  # CPU
+        if device.type == "cuda":
+            device_ids = [device.index if device.index is not None else torch.cuda.current_device()]
+        net = DistributedDataParallel(net, device_ids=device_ids)
     return net
 
 
