@@ -2,7 +2,6 @@
 
     python tests/ddp_worker.py OUT LOSS [BATCH_SIZE]     # LOSS: ce | trades; writes OUT/weights.pt (rank 0)
 """
-import json
 import sys
 from pathlib import Path
 
