@@ -5,6 +5,7 @@ methods without a chain (all but defensive_distillation), whatever chain_length 
 """
 import shutil
 
+from robustkd import distributed
 from robustkd.io import atomic_write_json
 from robustkd.methods import METHODS
 from robustkd.pipeline import (ASSISTANTS_DIR, CHAIN_MANIFEST, LIVE_DIR, MODELS_DIR, finish_stage, load_model,
@@ -14,9 +15,8 @@ from robustkd.pipeline import (ASSISTANTS_DIR, CHAIN_MANIFEST, LIVE_DIR, MODELS_
 def main(params: dict) -> None:
     meta, train_data, val_data = load_training_data()
     method = METHODS[params["method"]]
-    # DVC removes a stage's outputs before running it; clear leftovers of a manual run too.
-    shutil.rmtree(ASSISTANTS_DIR, ignore_errors=True)
-    ASSISTANTS_DIR.mkdir(parents=True)
+    # DVC removes a stage's outputs before running it; clear leftovers of a manual run too (rank 0 under torchrun).
+    distributed.on_main(clear_chain)
     previous_path = MODELS_DIR / "teacher.pt"
     names = []
     length = params["chain_length"] if method.uses_chain else 0
@@ -32,14 +32,24 @@ def main(params: dict) -> None:
                    extra_info={"method": params["method"], "temperature": method.loss_temperature(params),
                                "distilled_from": previous_path.stem, "kd_lambda": params["assistant"]["kd_lambda"]},
                    upstream=[previous_path], cuda_deterministic=params["cuda_deterministic"],
-                   params_group="assistant")
+                   engine=params["engine"], params_group="assistant")
         names.append(out_path.name)
         previous_path = out_path
+    distributed.on_main(write_chain, names)
+    finish_stage([n.removesuffix(".pt") for n in names])
+    if distributed.is_main():
+        print(f"[assistant] chain of {len(names)} assistant(s): {names}")
+
+
+def clear_chain() -> None:
+    shutil.rmtree(ASSISTANTS_DIR, ignore_errors=True)
+    ASSISTANTS_DIR.mkdir(parents=True)
+
+
+def write_chain(names: list[str]) -> None:
     atomic_write_json(CHAIN_MANIFEST, {"assistants": names})
     # Also in the live folder: an empty folder is not kept by git, and DVC would then see the output missing.
     atomic_write_json(LIVE_DIR / "assistants" / "chain.json", {"assistants": names})
-    finish_stage([n.removesuffix(".pt") for n in names])
-    print(f"[assistant] chain of {len(names)} assistant(s): {names}")
 
 
 if __name__ == "__main__":

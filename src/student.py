@@ -35,6 +35,7 @@ def train_classifier_student(params: dict, method, meta: dict, train_data, val_d
                            "distilled_from": previous_path.stem if previous_path else None,
                            "kd_lambda": group["kd_lambda"], "loss_params": loss_params(params)},
                upstream=upstream, cuda_deterministic=params["cuda_deterministic"],
+               engine=params["engine"],
                output_temperature=method.output_temperature(params))
 
 

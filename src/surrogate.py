@@ -11,7 +11,7 @@ def main(params: dict) -> None:
     group = params["surrogate"]
     train_role("surrogate", group, group["seed"], TemperatureCE(1.0), MODELS_DIR / "surrogate.pt",
                LIVE_DIR / "surrogate", meta, train_data, val_data, extra_info={"method": "natural", "temperature": 1.0},
-               cuda_deterministic=params["cuda_deterministic"])
+               cuda_deterministic=params["cuda_deterministic"], engine=params["engine"])
     finish_stage(["surrogate"])
 
 

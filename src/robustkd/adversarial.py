@@ -12,9 +12,14 @@ training seeds and saves in its resume file, so a resumed run crafts the same ex
 ``mode`` is the model's mode while crafting: "eval" (default; batch norm uses its running statistics
 and is not updated, dropout is off, as in TRADES' and RSLAD's code) or "train" (batch statistics of
 the adversarial batch, as in Madry et al.'s TensorFlow code). Parameters never get gradients here.
+
+Crafting runs in fp32 even when the training step runs under bf16 autocast (CUDA, `engine.bf16`): the attack's
+gradient signs are computed at full precision, and only the training loss that uses x' is in bf16. Under torchrun
+the model arrives wrapped in DistributedDataParallel; the attack uses the module inside (``unwrap``).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -48,6 +53,22 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
             m.training = mode
         for p, flag in flags:
             p.requires_grad_(flag)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper (else ``model``). Forward passes that need no gradient
+    synchronisation (crafting, frozen clean logits) use it: DDP expects each of its forwards to be followed by a
+    backward through the parameters, which an attack never does. A torch.compile'd module is kept as it is."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def full_precision(device_type: str):
+    """Autocast switched off for the block if it is on (bf16 training on CUDA); a no-op otherwise."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -91,8 +112,9 @@ def maximise(model: nn.Module, x: torch.Tensor, objective: Callable[[torch.Tenso
     """argmax over the L∞ ball of ``objective(model(x'))`` (a scalar) by signed-gradient ascent.
 
     Returns a detached x' in [0, 1] with ||x' - x||∞ <= ε. The model's modes and requires_grad flags
-    are restored afterwards.
+    are restored afterwards. Runs in fp32 (autocast off) on the module inside a DDP wrapper.
     """
+    model = unwrap(model)
     x = x.detach()
     if attack.random_start == "uniform":
         noise = (torch.rand(x.shape, dtype=x.dtype) * 2 - 1) * attack.eps
@@ -100,7 +122,7 @@ def maximise(model: nn.Module, x: torch.Tensor, objective: Callable[[torch.Tenso
         noise = 0.001 * torch.randn(x.shape, dtype=x.dtype)
     # empty_like keeps x's memory format (channels_last): the model's fast path
     x_adv = project_linf(x + torch.empty_like(x).copy_(noise), x, attack.eps)
-    with frozen(model):
+    with frozen(model), full_precision(x.device.type):
         if attack.mode == "train":
             model.train()
         for _ in range(attack.steps):

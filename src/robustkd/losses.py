@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .adversarial import InnerAttack, maximise
+from .adversarial import InnerAttack, full_precision, maximise, unwrap
 
 
 def kl(target_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -81,9 +81,11 @@ class PGDAT:
 
 def _trades_adversarial(model: nn.Module, x: torch.Tensor, attack: InnerAttack) -> torch.Tensor:
     """TRADES' inner step: maximise KL(f(x) ‖ f(x')), f(x) fixed and computed in the crafting mode."""
+    model = unwrap(model)  # no DDP forward without a backward
     mode = model.training
     model.train(attack.mode == "train")
-    clean = _frozen_logits(model, x)
+    with full_precision(x.device.type):  # part of the crafting: fp32, like maximise
+        clean = _frozen_logits(model, x)
     model.train(mode)
     return maximise(model, x, lambda z: kl(clean, z), attack)
 

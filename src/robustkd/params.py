@@ -183,6 +183,7 @@ SCHEMA = Group(
         "temperature": Float(0.0, 1e4, min_exclusive=True),
         "chain_length": Int(0, 20),
         "cuda_deterministic": Bool(),
+        "engine": Group({"bf16": Bool(), "compile": Bool()}),
         "data": Group(
             {
                 "raw_dir": Str(),

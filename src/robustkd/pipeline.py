@@ -10,11 +10,11 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import data, params as params_mod
+from . import data, distributed, params as params_mod
 from .errors import ProjectError
 from .io import sha256_file
 from .models import build_model, load_checkpoint, model_spec, place, save_checkpoint
-from .training import TrainConfig, pick_device, train
+from .training import Engine, TrainConfig, pick_device, train
 
 PREPARED_DIR = Path("data/prepared")
 MODELS_DIR = Path("models")
@@ -25,12 +25,20 @@ RESUME_DIR = Path(".resume")  # per-epoch resume files; outside DVC's outputs so
 
 
 def run_stage(main) -> None:
-    """Run a stage's ``main(params)``; a ProjectError ends it with its message, not a traceback."""
+    """Run a stage's ``main(params)``; a ProjectError ends it with its message, not a traceback.
+
+    Also under ``torchrun --nproc_per_node N src/<stage>.py``: every process runs ``main``, the batch sizes are
+    checked against the world size first, and the process group is closed at the end.
+    """
     try:
-        main(params_mod.load("params.yaml"))
+        params = params_mod.load("params.yaml")
+        distributed.check_params(params)
+        main(params)
     except ProjectError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    finally:
+        distributed.shutdown()
 
 
 def seed_everything(seed: int) -> None:
@@ -74,13 +82,16 @@ def chain_paths() -> list[Path]:
 def train_role(role: str, group: dict, seed: int, loss_fn, out_path: Path, live_dir: Path,
                meta: dict, train_data, val_data, extra_info: dict, upstream: list[Path] = (), *,
                cuda_deterministic: bool, params_group: str | None = None, output_temperature: float = 1.0,
-               build: Callable[[torch.device], tuple[nn.Module, dict]] | None = None) -> dict:
+               build: Callable[[torch.device], tuple[nn.Module, dict]] | None = None,
+               engine: dict | None = None) -> dict:
     """Build, train and save one model; returns the info stored in its checkpoint.
 
     ``params_group`` is the params.yaml group of ``group`` (default: ``role``; the assistants share `assistant`).
     ``output_temperature`` divides the model's logits, in training and once deployed (see ``Classifier``).
     ``build(device) -> (model, spec)`` replaces the default classifier from ``group`` (purifiers); it runs
     after seeding, so initial weights depend on ``seed`` only.
+    ``engine`` is params.yaml's `engine` group (None: its defaults). Under torchrun only rank 0 saves, and every
+    process returns once the checkpoint exists (the next model of a chain reads it).
     """
     device = pick_device()
     configure_cuda_determinism(cuda_deterministic, device)
@@ -94,11 +105,13 @@ def train_role(role: str, group: dict, seed: int, loss_fn, out_path: Path, live_
     run_id = [role, spec, extra_info, meta["files"], [sha256_file(p) for p in upstream]]
     result = train(model, loss_fn, train_data, val_data, cfg, role, live_dir=live_dir,
                    resume_path=RESUME_DIR / f"{role}.pt", run_id=str(run_id),
-                   batch_size_param=f"{params_group or role}.batch_size")
+                   batch_size_param=f"{params_group or role}.batch_size", engine=Engine.from_params(engine))
     info = {"role": role, "arch": spec.get("label", spec["arch"]), "best_epoch": result.best_epoch,
             "val_acc": result.best_val_acc, "train_seconds": round(result.seconds, 2), **extra_info}
-    save_checkpoint(out_path, result.model, spec, info)
-    print(f"[{role}] saved {out_path} (best epoch {result.best_epoch}, val_acc {result.best_val_acc:.4f})")
+    if distributed.is_main():
+        save_checkpoint(out_path, result.model, spec, info)
+        print(f"[{role}] saved {out_path} (best epoch {result.best_epoch}, val_acc {result.best_val_acc:.4f})")
+    distributed.barrier()
     return info
 
 
@@ -109,8 +122,10 @@ def finish_stage(roles: list[str]) -> None:
     is killed after its first model, a rerun finds that model's finished resume file and rebuilds the same
     checkpoint without training it again; that checkpoint's hash is then unchanged, so the next model resumes too.
     """
-    for role in roles:
-        (RESUME_DIR / f"{role}.pt").unlink(missing_ok=True)
+    def remove():
+        for role in roles:
+            (RESUME_DIR / f"{role}.pt").unlink(missing_ok=True)
+    distributed.on_main(remove)
 
 
 def load_model(path: Path):

@@ -82,6 +82,7 @@ def train_teacher_purifiers(params: dict, meta: dict, train_data, val_data) -> l
         train_role(role, group, params["seed"] + 500 + i, losses[role], PURIFIERS_DIR / f"{role}.pt",
                    LIVE_DIR / "purifiers" / role, meta, train_data, val_data, extra_info=extra,
                    upstream=[CLASSIFIER_PATH], cuda_deterministic=params["cuda_deterministic"],
+                   engine=params["engine"],
                    params_group="purifier_teachers", build=_builder(group))
         names.append(f"{role}.pt")
     return names
@@ -126,4 +127,5 @@ def train_student_purifier(params: dict, meta: dict, train_data, val_data) -> No
                            "train_attack": {"eps": attack.eps, "steps": attack.steps, "step_size": attack.step_size,
                                             "mode": attack.mode}},
                upstream=[CLASSIFIER_PATH, *paths], cuda_deterministic=params["cuda_deterministic"],
+               engine=params["engine"],
                params_group="purifier_student", build=_builder(group))

@@ -6,9 +6,15 @@ the best validation accuracy, never a test-set choice. Every epoch writes a resu
 killed run restarts from its last complete epoch and ends with the same weights (and the same dvclive logs)
 as an uninterrupted one. A training step that runs out of memory ends the run with a ResourceError that names
 the batch-size param to lower; nothing is written before the first step has succeeded.
+
+Engine (params.yaml `engine`): on CUDA the training forward and loss run under bf16 autocast (``engine.bf16``) and
+the model can be compiled (``engine.compile``); on CPU neither changes anything unless asked (compile). Under
+``torchrun`` (WORLD_SIZE > 1) the same loop trains with DistributedDataParallel (see ``robustkd.distributed``):
+each process takes an equal share of every global batch of ``batch_size`` samples, in the single-process order.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -22,7 +28,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .errors import ResourceError
+from . import distributed
+from .errors import ProjectError, ResourceError
 from .io import safe_torch_load, atomic_torch_save
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -46,8 +53,40 @@ class TrainConfig:
                                              "schedule", "augment")}, seed=seed)
 
 
+@dataclass(frozen=True)
+class Engine:
+    """How the loop runs (params.yaml `engine`), not what it computes on CPU."""
+    bf16: bool = True       # CUDA only: bf16 autocast for the training forward and loss
+    compile: bool = False   # torch.compile the model for training (opt-in: compiling takes time)
+
+    @classmethod
+    def from_params(cls, group: dict | None) -> "Engine":
+        return cls() if group is None else cls(bf16=group["bf16"], compile=group["compile"])
+
+
+def uses_autocast(device: torch.device, engine: Engine) -> bool:
+    """bf16 autocast on CUDA only. Not on CPU: there it is slower than fp32 on most processors and would change the
+    CPU numbers, which stay byte-identical to the fp32 runs recorded in this repository."""
+    return engine.bf16 and device.type == "cuda"
+
+
+def autocast_for(device: torch.device, engine: Engine):
+    """The context the training forward and loss run in (a fresh one per step)."""
+    if uses_autocast(device, engine):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The GPU if there is one (under torchrun: this process's GPU, cuda:LOCAL_RANK), else the CPU."""
+    return distributed.device()
+
+
+def shard(n: int, world: int, rank: int) -> slice:
+    """This process's part of a global batch of ``n``: contiguous, sizes differing by at most one (torch.tensor_split's)."""
+    q, r = divmod(n, world)
+    lo = rank * q + min(rank, r)
+    return slice(lo, lo + q + (1 if rank < r else 0))
 
 
 def to_float(x_uint8: torch.Tensor) -> torch.Tensor:
@@ -71,7 +110,7 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> 
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, x_uint8: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
+def count_correct(model: nn.Module, x_uint8: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> int:
     was_training = model.training
     model.eval()
     correct = 0
@@ -79,7 +118,11 @@ def accuracy(model: nn.Module, x_uint8: torch.Tensor, y: torch.Tensor, batch_siz
         logits = model(to_float(x_uint8[i:i + batch_size]))
         correct += (logits.argmax(1) == y[i:i + batch_size]).sum().item()
     model.train(was_training)
-    return correct / max(len(y), 1)
+    return correct
+
+
+def accuracy(model: nn.Module, x_uint8: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
+    return count_correct(model, x_uint8, y, batch_size) / max(len(y), 1)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -143,6 +186,31 @@ class TrainResult:
     seconds: float
 
 
+def _wrap_for_training(model: nn.Module, device: torch.device, engine: Engine, world: int) -> nn.Module:
+    """What the loss functions call: the model, compiled (``engine.compile``), in DistributedDataParallel (world > 1).
+
+    Checkpoints, resume files and validation always use ``model`` itself (its state_dict keys never change).
+    Training-time attacks craft on the module inside the DDP wrapper (``robustkd.adversarial.unwrap``): their
+    extra forward passes need no gradient synchronisation.
+    """
+    net = model
+    if world > 1 and device.type == "cuda":
+        # Batch-norm statistics over the global batch, as in a single process (in place: same parameters and
+        # buffers, same state_dict keys). SyncBatchNorm needs a GPU, so on CPU (gloo) each process normalises
+        # its own share; the default models have no batch norm.
+        nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if engine.compile:
+        net = torch.compile(net)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = None  # CPU
+        if device.type == "cuda":
+            device_ids = [device.index if device.index is not None else torch.cuda.current_device()]
+        net = DistributedDataParallel(net, device_ids=device_ids)
+    return net
+
+
 def train(
     model: nn.Module,
     loss_fn: LossFn,
@@ -154,18 +222,37 @@ def train(
     resume_path: str | Path | None = None,
     run_id: str = "",
     batch_size_param: str = "batch_size",
+    engine: Engine | None = None,
 ) -> TrainResult:
     """Train ``model`` in place and return it loaded with its best-validation-accuracy weights.
 
     ``batch_size_param`` is the params.yaml key named when a step runs out of memory (``teacher.batch_size``).
+    ``engine``: bf16 autocast on CUDA and torch.compile (default: ``Engine()``, bf16 on CUDA, no compile).
+    Under torchrun (WORLD_SIZE > 1): DDP, each process a share of every global batch of ``cfg.batch_size``;
+    only rank 0 writes the resume file and the dvclive log, and every process returns the same weights.
     """
+    engine = engine or Engine()
     device = next(model.parameters()).device
+    distributed.setup(device)
+    world = distributed.world_size() if distributed.active() else 1
+    rank = distributed.rank() if world > 1 else 0
+    main = rank == 0
+    distributed.check_batch_size(cfg.batch_size, len(train_data[1]), batch_size_param, world)
+    if world > 1 and hasattr(model, "purifier"):
+        raise ProjectError(f"[{role}] purifier training (method purification) calls the purifier inside the model "
+                           f"directly, which DistributedDataParallel would not synchronise: run it as one process "
+                           f"(`python src/<stage>.py` or `dvc repro`), not under torchrun.")
     x_train, y_train = (t.to(device) for t in train_data)
     x_val, y_val = (t.to(device) for t in val_data)
     optimizer = make_optimizer(model, cfg)
     steps_per_epoch = math.ceil(len(y_train) / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
-    run_id = fingerprint(run_id, cfg)
+    # What changes the numbers is part of the run's identity; single-process CPU runs keep their old fingerprint.
+    run_id = fingerprint(run_id, cfg, *(["world_size", world] if world > 1 else []),
+                         *(["bf16 autocast"] if uses_autocast(device, engine) else []))
+    if world > 1 and rank:
+        # Each process draws its own random starts / noise (DDP broadcasts rank 0's initial weights).
+        torch.manual_seed(torch.initial_seed() + rank)
 
     start_epoch, best_val, best_epoch, best_state, history, elapsed = 0, -1.0, -1, None, [], 0.0
     resume_path = Path(resume_path) if resume_path else None
@@ -174,34 +261,54 @@ def train(
         if saved.get("run_id") == run_id:
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
-            torch.set_rng_state(saved["cpu_rng"])
-            if device.type == "cuda" and saved.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state(saved["cuda_rng"])
+            rng = saved["rank_rng"][rank] if world > 1 else saved
+            # RNG states are CPU byte tensors, whatever map_location moved them to
+            torch.set_rng_state(rng["cpu_rng"].cpu())
+            if device.type == "cuda" and rng.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(rng["cuda_rng"].cpu(), device)
             start_epoch, best_val, best_epoch = saved["epoch"], saved["best_val"], saved["best_epoch"]
             best_state, elapsed = saved["best_state"], saved["elapsed"]
             history = json.loads(saved["history"])
-            print(f"[{role}] resuming after epoch {start_epoch} from {resume_path}")
+            if main:
+                print(f"[{role}] resuming after epoch {start_epoch} from {resume_path}")
 
+    net = _wrap_for_training(model, device, engine, world)
     live = None  # opened after the first epoch: nothing is written before a training step has succeeded
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         model.train()
-        # Data order depends only on (seed, epoch), so a resumed run sees the same batches.
+        # Data order depends only on (seed, epoch), so a resumed run sees the same batches (and so does every
+        # process of a torchrun launch: each takes its share of the same global batch).
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         order = torch.randperm(len(y_train), generator=gen).to(device)
         loss_sum, correct, seen = 0.0, 0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"{role} epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=2)
+        bar = tqdm(range(steps_per_epoch), desc=f"{role} epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=2,
+                   disable=not main)
         for i in bar:
             idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            xb, yb = to_float(x_train[idx]), y_train[idx]
-            if cfg.augment:
-                xb = augment_batch(xb, gen)
+            scale = 1.0
+            if world == 1:
+                xb, yb = to_float(x_train[idx]), y_train[idx]
+                if cfg.augment:
+                    xb = augment_batch(xb, gen)
+            else:
+                part = shard(len(idx), world, rank)
+                # The loss is a mean over this process's share and DDP averages gradients over processes: scaling by
+                # world·share/global makes that the mean over the global batch even when the last batch splits
+                # unevenly (1 for the full, evenly split batches).
+                scale = world * (part.stop - part.start) / len(idx)
+                if cfg.augment:  # augment the global batch, as a single process would, then take the share
+                    xb = augment_batch(to_float(x_train[idx]), gen)[part]
+                else:
+                    xb = to_float(x_train[idx[part]])
+                yb = y_train[idx[part]]
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(cfg, epoch * steps_per_epoch + i, total_steps)
             try:
-                loss, logits = loss_fn(model, xb, yb)
+                with autocast_for(device, engine):
+                    loss, logits = loss_fn(net, xb, yb)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss if scale == 1.0 else loss * scale).backward()
                 optimizer.step()
             except (RuntimeError, MemoryError) as err:
                 if not is_out_of_memory(err):
@@ -215,28 +322,40 @@ def train(
             loss_sum += loss.item() * len(yb)
             correct += (logits.argmax(1) == yb).sum().item()
             seen += len(yb)
-        val_acc = accuracy(model, x_val, y_val)
+        if world == 1:
+            val_acc = accuracy(model, x_val, y_val)
+        else:
+            loss_sum, correct, seen = distributed.all_reduce_sum([loss_sum, correct, seen], device)
+            part = shard(len(y_val), world, rank)
+            val_correct, = distributed.all_reduce_sum([count_correct(model, x_val[part], y_val[part])], device)
+            val_acc = val_correct / max(len(y_val), 1)
         elapsed += time.perf_counter() - t0
         row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen, "val_acc": val_acc}
         history.append(row)
-        print(f"[{role}] epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.4f} "
-              f"train_acc {row['train_acc']:.4f} val_acc {val_acc:.4f}", flush=True)
+        if main:
+            print(f"[{role}] epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.4f} "
+                  f"train_acc {row['train_acc']:.4f} val_acc {val_acc:.4f}", flush=True)
         if val_acc > best_val:
             best_val, best_epoch = val_acc, epoch + 1
             best_state = copy.deepcopy({k: v.detach() for k, v in model.state_dict().items()})
-        if live_dir is not None:
+        if live_dir is not None and main:
             if live is None:
                 live = _open_live(live_dir, history[:-1])
             _log_live(live, row)
         if resume_path:
-            atomic_torch_save({
-                "run_id": run_id, "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "cpu_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
-                "best_val": best_val, "best_epoch": best_epoch, "best_state": best_state,
-                "history": json.dumps(history), "elapsed": elapsed,
-            }, resume_path)
-    if live_dir is not None:
+            rng = {"cpu_rng": torch.get_rng_state(),
+                   "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None}
+            ranks_rng = distributed.all_gather_object(rng) if world > 1 else None  # every process's own streams
+            if main:
+                atomic_torch_save({
+                    "run_id": run_id, "epoch": epoch + 1, "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(), **rng,
+                    **({"rank_rng": ranks_rng} if world > 1 else {}),
+                    "best_val": best_val, "best_epoch": best_epoch, "best_state": best_state,
+                    "history": json.dumps(history), "elapsed": elapsed,
+                }, resume_path)
+            distributed.barrier()
+    if live_dir is not None and main:
         if live is None:  # every epoch was done before the restart (killed before the checkpoint was saved)
             live = _open_live(live_dir, history)
         live.end()

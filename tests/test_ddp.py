@@ -1,0 +1,129 @@
+"""torchrun + DistributedDataParallel on CPU (gloo, 2 processes) through the real training loop and stage scripts.
+
+The 2-process run must match a single-process run of the same global batch. Not bitwise: each process sums its
+own share and DDP averages the two gradients, so float additions happen in another order. Measured on this CPU
+(lenet, Adam, 2 epochs, batch 32 split 16 + 16, last batch 8 split 4 + 4, augmentation on): the largest weight
+difference was 1.5e-6 (weights up to 0.21), after epoch 1 and after epoch 2; the tolerance below is
+atol 1e-5 + rtol 1e-4.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from robustkd import distributed
+from robustkd.errors import ParamsError
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = ROOT / "tests" / "ddp_worker.py"
+ATOL, RTOL = 1e-5, 1e-4
+
+
+def _env():
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR",
+                                                             "MASTER_PORT")}
+    return {**env, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # gloo on CPU, even on a GPU machine
+
+
+def _run(cmd, cwd=ROOT, timeout=300):
+    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def torchrun(*args):
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *map(str, args)]
+
+
+def trained(out: Path):
+    return torch.load(out / "weights.pt", weights_only=True), json.loads((out / "result.json").read_text())
+
+
+def assert_close_weights(got: dict, expected: dict):
+    assert got.keys() == expected.keys()
+    for key in expected:
+        assert torch.allclose(got[key], expected[key], atol=ATOL, rtol=RTOL), \
+            f"{key}: max diff {(got[key] - expected[key]).abs().max().item():.3g}"
+
+
+def test_two_processes_match_one_process_of_the_same_global_batch(tmp_path):
+    _run([sys.executable, WORKER, tmp_path / "single", "ce"])
+    _run(torchrun(WORKER, tmp_path / "ddp", "ce"))
+    single, single_info = trained(tmp_path / "single")
+    ddp, ddp_info = trained(tmp_path / "ddp")
+    assert single_info["world_size"] == 1 and ddp_info["world_size"] == 2
+    assert ddp_info["ranks_agree"]  # DDP kept the two processes' weights identical
+    assert_close_weights(ddp, single)  # the kept (best-validation) epoch's weights
+    last = lambda run: torch.load(tmp_path / run / "resume.pt", weights_only=True)  # noqa: E731
+    assert last("ddp")["epoch"] == last("single")["epoch"] == 2
+    assert_close_weights(last("ddp")["model"], last("single")["model"])  # and the last epoch's
+    assert ddp_info["best_epoch"] == single_info["best_epoch"]
+    for a, b in zip(ddp_info["history"], single_info["history"]):
+        assert a["val_acc"] == b["val_acc"] and a["train_acc"] == b["train_acc"]  # counts summed over processes
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+    # only rank 0 wrote the resume file and the dvclive log (one line per epoch, no duplicates)
+    assert (tmp_path / "ddp" / "resume.pt").is_file()
+    assert (tmp_path / "ddp" / "live" / "plots" / "metrics" / "val_acc.tsv").read_text().count("\n") == 3
+
+
+def test_adversarial_loss_trains_under_ddp(tmp_path):
+    """TRADES: crafting (extra forward passes, on the module inside DDP) and two forwards before one backward."""
+    _run(torchrun(WORKER, tmp_path / "ddp", "trades"))
+    _, info = trained(tmp_path / "ddp")
+    assert info["world_size"] == 2 and info["ranks_agree"]
+    assert info["history"][-1]["train_loss"] < info["history"][0]["train_loss"]
+
+
+def test_batch_size_must_split_evenly_across_processes():
+    distributed.check_batch_size(32, 200, "teacher.batch_size", world=2)  # 16 + 16, last batch 4 + 4
+    with pytest.raises(ParamsError, match=r"`teacher.batch_size` = 33: not divisible by the 2 processes .*e\.g\. 32 or 34"):
+        distributed.check_batch_size(33, 200, "teacher.batch_size", world=2)
+    with pytest.raises(ParamsError, match=r"`student.batch_size` = 32: the last batch of each epoch holds 1 "):
+        distributed.check_batch_size(32, 65, "student.batch_size", world=2)
+    distributed.check_batch_size(33, 200, "teacher.batch_size", world=1)  # one process: anything goes
+
+
+def test_stage_rejects_params_unfit_for_the_launch_before_reading_data(monkeypatch):
+    import yaml
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(ParamsError) as err:
+        distributed.check_params(params)
+    msg = str(err.value)
+    for group in ("teacher", "assistant", "student", "surrogate"):
+        assert f"`{group}.batch_size` = 128: not divisible by the 3 processes" in msg
+    params["method"] = "purification"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ParamsError, match="`method` = 'purification'"):
+        distributed.check_params(params)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    distributed.check_params(params)
+
+
+@pytest.mark.slow  # 36 s alone, 100 s with the machine busy
+def test_stage_scripts_run_under_torchrun(tmp_path):
+    """`torchrun --nproc_per_node 2 src/teacher.py`, then src/assistant.py (which reads the checkpoint rank 0 just
+    wrote): the same files as the single-process stages, weights within the tolerance above."""
+    from test_reliability import reliability_params
+    from tiny_repo import make_tiny_repo
+
+    params = reliability_params()
+    params["teacher"].update(epochs=2)
+    repos = {name: make_tiny_repo(tmp_path / name, params) for name in ("single", "ddp")}
+    for name, repo in repos.items():
+        _run([sys.executable, "src/prepare.py"], cwd=repo)
+        for stage in ("teacher", "assistant"):
+            script = f"src/{stage}.py"
+            _run(torchrun(script) if name == "ddp" else [sys.executable, script], cwd=repo)
+    files = lambda repo: sorted(p.relative_to(repo).as_posix() for d in ("models", "dvclive")  # noqa: E731
+                                for p in (repo / d).rglob("*") if p.is_file())
+    assert files(repos["ddp"]) == files(repos["single"])
+    assert not list((repos["ddp"] / ".resume").glob("*"))  # finish_stage ran (on rank 0)
+    for ckpt in ("models/teacher.pt", "models/assistants/assistant_1.pt"):
+        load = lambda repo: torch.load(repo / ckpt, weights_only=True)["state_dict"]  # noqa: E731
+        assert_close_weights(load(repos["ddp"]), load(repos["single"]))
