@@ -183,6 +183,9 @@ def train(
             print(f"[{role}] resuming after epoch {start_epoch} from {resume_path}")
 
     live = None  # opened after the first epoch: nothing is written before a training step has succeeded
+    # A loss with a schedule (DARHT) is told the fraction of training done before each step; it depends only on
+    # (epoch, step), so a resumed run follows the same schedule.
+    set_progress = getattr(loss_fn, "set_progress", None)
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         model.train()
@@ -198,6 +201,8 @@ def train(
                 xb = augment_batch(xb, gen)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(cfg, epoch * steps_per_epoch + i, total_steps)
+            if set_progress is not None:
+                set_progress((epoch * steps_per_epoch + i) / total_steps)
             try:
                 loss, logits = loss_fn(model, xb, yb)
                 optimizer.zero_grad(set_to_none=True)
