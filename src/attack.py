@@ -1,7 +1,9 @@
 """Stage `attack`: run the attack suite on every model of the chain; per-point results -> results/attack/.
 
 With purifiers (method purification) every model is also given the paper's protocol: examples crafted on the
-teacher classifier alone. Also draws plots/adversarial_examples.png: clean vs adversarial images with each
+teacher classifier alone. With DARHT teachers (method darht), PGD examples crafted on each teacher are replayed on
+every model (`transfer_darht_<name>`: black-box transfer to the student, and the transferability matrix); the
+teachers get the reduced suite unless `darht.teacher_evaluation` is full. Also draws plots/adversarial_examples.png: clean vs adversarial images with each
 model's prediction, or for purification the adversarial images before and after each purifier.
 """
 import shutil
@@ -9,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from robustkd import attacks, data, evaluation, plotting, purification
+from robustkd import attacks, darht, data, evaluation, plotting, purification
 from robustkd.errors import ParamsError
 from robustkd.io import atomic_write_json
 from robustkd.pipeline import MODELS_DIR, PREPARED_DIR, chain_paths, load_model, run_stage
@@ -18,10 +20,29 @@ from robustkd.training import pick_device, to_float
 RESULTS_DIR = Path("results/attack")
 
 
-def model_paths(purifiers: list[Path]) -> dict[str, Path]:
-    """Every evaluated model in chain order: teacher, its purifiers (if any), assistant_1..k, student."""
+def model_paths(purifiers: list[Path], darht_teachers: dict[str, Path] | None = None) -> dict[str, Path]:
+    """Every evaluated model in chain order: teacher, its purifiers (if any), assistant_1..k, the DARHT teachers
+    (if any), student."""
     extra = purifiers + chain_paths()
-    return {"teacher": MODELS_DIR / "teacher.pt", **{p.stem: p for p in extra}, "student": MODELS_DIR / "student.pt"}
+    return {"teacher": MODELS_DIR / "teacher.pt", **{p.stem: p for p in extra}, **(darht_teachers or {}),
+            "student": MODELS_DIR / "student.pt"}
+
+
+def reduced_suite(cfg: dict) -> dict:
+    """The attack settings of `darht.teacher_evaluation: reduced`: FGSM, both PGDs and the transfer attacks at every
+    ε; no AutoAttack, Square, PGD-L2 or CW-L2 (the student gets all of them)."""
+    return {**cfg, "autoattack": {**cfg["autoattack"], "eps": []}, "square": {**cfg["square"], "n_queries": 0},
+            "pgd_l2": {**cfg["pgd_l2"], "eps": []}, "cw_l2": {**cfg["cw_l2"], "n_points": 0}}
+
+
+def craft_on_darht_teachers(paths: dict[str, Path], x, y, cfg: dict) -> dict[str, dict]:
+    """{`transfer_<teacher>`: {eps key: x_adv}}: margin PGD (last iterate, `attack.transfer.steps`) on each teacher."""
+    out = {}
+    for name, path in paths.items():
+        teacher, _ = load_model(path)
+        with attacks.frozen(teacher):
+            out[f"transfer_{name}"] = evaluation.craft_transfer(teacher, x, y, cfg)
+    return out
 
 
 def purification_examples(classifier, models: dict, x, y, cfg: dict, class_names: list[str]) -> None:
@@ -60,7 +81,9 @@ def main(params: dict) -> None:
         transfer_adv = evaluation.craft_transfer(surrogate, x_test[attack_idx], y_test[attack_idx], cfg)
 
     purifiers = purification.purifier_paths()
-    paths = model_paths(purifiers)
+    darht_teachers = darht.evaluated_teachers(MODELS_DIR / "student.pt")
+    paths = model_paths(purifiers, darht_teachers)
+    from_teachers = craft_on_darht_teachers(darht_teachers, x_test[attack_idx], y_test[attack_idx], cfg)
     on_classifier, purified = None, {}  # purified: the models with a purifier, for the picture
     if purifiers:  # the paper's protocol, crafted once on the bare classifier
         classifier, _ = load_model(paths["teacher"])
@@ -74,8 +97,10 @@ def main(params: dict) -> None:
         model, info = load_model(path)
         if hasattr(model, "purifier"):
             purified[name] = model
+        reduced = name in darht_teachers and params["darht"]["teacher_evaluation"] == "reduced"
         with attacks.frozen(model):
-            result = evaluation.evaluate(model, name, x_test, y_test, attack_idx, cfg, transfer_adv, on_classifier)
+            result = evaluation.evaluate(model, name, x_test, y_test, attack_idx, reduced_suite(cfg) if reduced else cfg,
+                                         transfer_adv, on_classifier, extra_transfer=from_teachers)
             if n_ex and on_classifier is None:
                 xe, ye = x_test[attack_idx[:n_ex]], y_test[attack_idx[:n_ex]]
                 eps = cfg["headline_eps"]
@@ -85,6 +110,7 @@ def main(params: dict) -> None:
                 examples[name] = (x_adv.cpu(), evaluation.predict(model, x_adv, n_ex).cpu(),
                                   evaluation.predict(model, xe, n_ex).cpu())
         result.update(info=info, attack_points=attack_idx.tolist(), eps=cfg["eps"], headline_eps=cfg["headline_eps"],
+                      suite="reduced" if reduced else "full",
                       autoattack_version=cfg["autoattack"]["version"], autoattack_attacks=cfg["autoattack"]["attacks"])
         atomic_write_json(RESULTS_DIR / f"{name}.json", result)
         print(f"[attack] {name}: clean {result['clean_correct'] / result['n_test']:.4f}")

@@ -1,13 +1,15 @@
 """Stage `metrics`: per-model metrics.json, gradient-masking report, plot data (JSON) and PNG figures.
 
 Training times go to timing.json, not metrics.json: metrics.json depends only on params (same params ->
-same bytes), wall-clock time never does.
+same bytes), wall-clock time never does. Method darht: darht_transferability.json (the teachers' K x K
+transferability matrix, and each teacher's transfer to the student) and its heatmap; other methods write an
+empty matrix there.
 """
 import json
 from pathlib import Path
 
 from robustkd import plotting
-from robustkd.diagnostics import summarise
+from robustkd.diagnostics import summarise, transferability
 from robustkd.evaluation import eps_key
 from robustkd.io import atomic_write_json, atomic_write_text
 from robustkd.pipeline import run_stage
@@ -62,6 +64,17 @@ def main(params: dict) -> None:
     atomic_write_json(PLOTS_DIR / "sensitivity_vs_temperature.json", sens)
     plotting.accuracy_vs_robustness(acc_rob, headline, PLOTS_DIR / "accuracy_vs_robustness.png")
     plotting.robust_vs_eps(vs_eps, PLOTS_DIR / "robust_vs_eps.png")
+    matrix = transferability(results)
+    atomic_write_json("darht_transferability.json", matrix)
+    cells = [{"source": s, "target": t, "success_rate": v} for s in matrix["teachers"]
+             for t, v in {**matrix["success_rate"][s],
+                          **({"student": matrix["success_rate_on_student"][s]} if "success_rate_on_student" in matrix
+                             else {})}.items()]
+    atomic_write_json(PLOTS_DIR / "darht_transferability.json", cells)
+    plotting.transferability_heatmap(matrix, PLOTS_DIR / "darht_transferability.png")
+    if matrix["teachers"]:
+        print(f"[metrics] DARHT transferability (mean off-diagonal success {matrix['mean_off_diagonal']}): "
+              f"{json.dumps(matrix['success_rate'])}")
     for n, m in metrics.items():
         flag = "MASKING" if m["gradient_masking"] else "ok"
         print(f"[metrics] {n}: clean {m['clean_acc']:.4f} worst@{headline:g} {m['worst_case_headline']:.4f} "

@@ -6,6 +6,7 @@
                                                           # one sweep: the experiments queued from commit 1a2b3c4
     python src/report.py --models metrics.json            # every model of the current run
     python src/report.py --purification metrics.json      # method purification: both protocols, PSNR / SSIM
+    python src/report.py --transfer darht_transferability.json   # method darht: the transferability matrix
 
 Columns: the params that define a variant, then the student's clean accuracy, robust accuracy under
 the papers' softmax-CE PGD and under AutoAttack at the headline ε, the per-point worst case, the CW-L2
@@ -81,12 +82,15 @@ PURIFIER_ORDER = ("purifier_normal", "purifier_adversarial")
 
 
 def chain_position(name: str) -> tuple[int, int]:
-    """teacher, its purifiers, assistant_1, assistant_2, ..., student (metrics.json itself is sorted by name)."""
+    """teacher, its purifiers, assistant_1, assistant_2, ..., the DARHT teachers, student (metrics.json itself is
+    sorted by name)."""
     if name.startswith("assistant_"):
         return (1, int(name.split("_")[1]))
+    if name.startswith("darht_"):
+        return (2, 0)
     if name in PURIFIER_ORDER:
         return (0, 1 + PURIFIER_ORDER.index(name))
-    return (0, 0) if name == "teacher" else (2, 0)
+    return (0, 0) if name == "teacher" else (3, 0)
 
 
 PURIFICATION_COLUMNS = ("clean %", "paper: FGSM %", "paper: PGD-CE %", "paper: margin PGD %", "paper: worst %",
@@ -119,6 +123,26 @@ def models_table(metrics: dict, headline_eps: float) -> str:
     lines = [_row(["model", "train T", *METRIC_COLUMNS]), "|" + "---|" * (2 + len(METRIC_COLUMNS))]
     for name, m in sorted(metrics.items(), key=lambda kv: chain_position(kv[0])):
         lines.append(_row([name, f"{m['train_temperature']:g}", *metric_cells(m, key)]))
+    return "\n".join(lines)
+
+
+def transfer_table(matrix: dict) -> str:
+    """The DARHT transferability matrix (darht_transferability.json): rows = crafted on, columns = evaluated on
+    (the teachers, then the student); success rates in % over the target's clean-correct attacked points."""
+    teachers = matrix.get("teachers") or []
+    if not teachers:
+        return matrix.get("note", "no DARHT teachers")
+    on_student = matrix.get("success_rate_on_student")
+    targets = teachers + (["student"] if on_student else [])
+    short = lambda n: n.removeprefix("darht_")  # noqa: E731
+    lines = [_row(["crafted on (row) / evaluated on (column)", *map(short, targets)]), "|" + "---|" * (1 + len(targets))]
+    for s in teachers:
+        cells = [matrix["success_rate"][s].get(t) if t != "student" else on_student[s] for t in targets]
+        lines.append(_row([short(s), *map(_fmt, cells)]))
+    counts = ", ".join(f"{short(t)} {n}" for t, n in matrix.get("n_clean_correct", {}).items())
+    lines.append("")
+    lines.append(f"ε = {matrix['eps']:g}; mean off-diagonal success {_fmt(matrix.get('mean_off_diagonal'))}%; "
+                 f"clean-correct attacked points per target: {counts}.")
     return "\n".join(lines)
 
 
@@ -163,9 +187,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", metavar="METRICS_JSON", help="tabulate every model of one metrics.json instead")
     parser.add_argument("--purification", metavar="METRICS_JSON",
                         help="method purification: both protocols and PSNR/SSIM for every model of one metrics.json")
+    parser.add_argument("--transfer", metavar="DARHT_TRANSFERABILITY_JSON",
+                        help="method darht: the teachers' transferability matrix (darht_transferability.json)")
     parser.add_argument("--headline-eps", type=float, default=None,
                         help="with --models: the ε of the robust-accuracy columns (default: params.yaml attack.headline_eps)")
     args = parser.parse_args(argv)
+    if args.transfer:
+        print(transfer_table(json.loads(open(args.transfer).read())))
+        return
     if args.models or args.purification:
         eps = args.headline_eps
         if eps is None:

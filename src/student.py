@@ -2,9 +2,10 @@
 
 A distilling method learns from the last assistant (or the teacher if the chain is empty); the others
 (natural, pgd_at, trades) train it from scratch with their own loss. For purification the student is a
-purifier distilled from the two purifier teachers, deployed in front of the teacher classifier.
+purifier distilled from the two purifier teachers, deployed in front of the teacher classifier. For darht it
+learns from the K teachers of the `darht_teacher@<name>` stages, through a feature-map head (robustkd/darht.py).
 """
-from robustkd import purification
+from robustkd import darht, purification
 from robustkd.methods import METHODS, loss_params
 from robustkd.pipeline import (LIVE_DIR, MODELS_DIR, chain_paths, finish_stage, load_model, load_training_data,
                                run_stage, train_role)
@@ -15,6 +16,8 @@ def main(params: dict) -> None:
     method = METHODS[params["method"]]
     if method.purifies:
         purification.train_student_purifier(params, meta, train_data, val_data)
+    elif method.pool_teachers:
+        darht.train_student(params, meta, train_data, val_data)
     else:
         train_classifier_student(params, method, meta, train_data, val_data)
     finish_stage(["student"])

@@ -3,10 +3,11 @@ import json
 
 import pytest
 
-from tiny_repo import make_tiny_repo, run, set_params, stages_run
+from tiny_repo import darht_stages, make_tiny_repo, run, set_params, stages_run
 
 pytestmark = pytest.mark.slow
-ALL_STAGES = {"prepare", "teacher", "assistant", "student", "surrogate", "attack", "metrics"}
+DARHT_STAGES = darht_stages()   # markers only, unless method = darht; they rerun when `method` changes
+ALL_STAGES = {"prepare", "teacher", "assistant", "student", "surrogate", "attack", "metrics"} | DARHT_STAGES
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +38,10 @@ def test_outputs_and_metrics_schema(repo):
         assert (repo / "plots" / name).read_bytes()[:4] == b"\x89PNG"
     assert (repo / "models" / "assistants" / "assistant_1.pt").is_file()
     assert json.loads((repo / "models" / "purifiers" / "purifiers.json").read_text()) == {"purifiers": []}
+    for name in ("papernot", "vit"):  # DARHT's teacher stages only wrote their markers
+        marker = json.loads((repo / "models" / "darht" / name / "teacher.json").read_text())
+        assert marker["used"] is False and not (repo / "models" / "darht" / name / "teacher.pt").exists()
+    assert json.loads((repo / "darht_transferability.json").read_text())["teachers"] == []
     assert metrics["student"]["purifier"] is None and metrics["student"]["paper_protocol_headline"] is None
 
 
@@ -76,7 +81,7 @@ def test_exp_run_robust_distillation_method_end_to_end(repo):
     """`dvc exp run -S method=ltd`: an adversarially trained teacher, no assistant chain (chain_length is
     ignored), a student that keeps its temperature, the full evaluation; prepare and surrogate are reused."""
     out = run(["dvc", "exp", "run", "-S", "method=ltd", "-S", "ltd.student_temperature=2.0"], repo)
-    assert stages_run(out.stdout) == {"teacher", "assistant", "student", "attack", "metrics"}
+    assert stages_run(out.stdout) == {"teacher", "assistant", "student", "attack", "metrics"} | DARHT_STAGES
     metrics = json.loads((repo / "metrics.json").read_text())
     assert set(metrics) == {"teacher", "student"} and metrics["student"]["method"] == "ltd"
     teacher = json.loads((repo / "results" / "attack" / "teacher.json").read_text())["info"]
@@ -98,7 +103,7 @@ def test_exp_run_purification_end_to_end(repo):
     import torch
 
     out = run(["dvc", "exp", "run", "-S", "method=purification"], repo)
-    assert stages_run(out.stdout) == {"teacher", "assistant", "student", "attack", "metrics"}
+    assert stages_run(out.stdout) == {"teacher", "assistant", "student", "attack", "metrics"} | DARHT_STAGES
     metrics = json.loads((repo / "metrics.json").read_text())
     assert set(metrics) == {"teacher", "purifier_normal", "purifier_adversarial", "student"}
     assert metrics["teacher"]["purifier"] is None and metrics["teacher"]["arch"] == "papernot_cnn"
@@ -118,6 +123,47 @@ def test_exp_run_purification_end_to_end(repo):
     # a distillation setting reruns the student and the evaluation, not the classifier or the teachers
     out = run(["dvc", "exp", "run", "-S", "method=purification", "-S",
                "purifier_student.adversarial_teacher_weight=1.0"], repo)
+    assert stages_run(out.stdout) == {"student", "attack", "metrics"}
+    run(["git", "checkout", "params.yaml"], repo)
+    run(["dvc", "checkout"], repo)
+
+
+def test_exp_run_darht_end_to_end(repo):
+    """`dvc exp run -S method=darht`: four teachers of four families, each from its own stage, a student with a
+    C*K feature-map head, the full suite on the student, transfer from each teacher, the transferability matrix.
+    Changing one teacher retrains that teacher only (then the student and the evaluation)."""
+    out = run(["dvc", "exp", "run", "-S", "method=darht"], repo)
+    assert stages_run(out.stdout) == {"teacher", "assistant", "student", "attack", "metrics"} | DARHT_STAGES
+    used = ["papernot", "resnet", "mobilenetv2", "vit"]
+    for name in ("papernot_2", "papernot_3", "papernot_4"):
+        assert not (repo / "models" / "darht" / name / "teacher.pt").exists()
+    metrics = json.loads((repo / "metrics.json").read_text())
+    assert set(metrics) == {"teacher", "student", *(f"darht_{n}" for n in used)}
+    assert [metrics[f"darht_{n}"]["arch"] for n in used] == ["papernot_cnn", "resnet_small", "mobilenetv2_small",
+                                                             "vit_small"]
+    student = metrics["student"]
+    assert student["method"] == "darht" and student["autoattack_headline"] is not None
+    for n in used:  # black-box transfer from each teacher to the student, at every eps
+        assert set(student["robust_acc"][f"transfer_darht_{n}"]) == {"eps_0p05", "eps_0p1", "eps_0p3"}
+        assert metrics[f"darht_{n}"]["autoattack_headline"] is None  # teachers: the reduced suite
+        assert student["worst_case"]["eps_0p1"] <= student["robust_acc"][f"transfer_darht_{n}"]["eps_0p1"]
+    info = json.loads((repo / "results" / "attack" / "student.json").read_text())["info"]
+    assert info["darht_teachers"] == used and info["distilled_from"] == "+".join(f"darht_{n}" for n in used)
+    matrix = json.loads((repo / "darht_transferability.json").read_text())
+    assert matrix["teachers"] == [f"darht_{n}" for n in used]
+    assert all(0 <= v <= 1 for row in matrix["success_rate"].values() for v in row.values() if v is not None)
+    assert set(matrix["success_rate_on_student"]) == set(matrix["teachers"])
+    cells = json.loads((repo / "plots" / "darht_transferability.json").read_text())
+    assert len(cells) == 4 * 5  # K x (K teachers + the student)
+    assert (repo / "plots" / "darht_transferability.png").read_bytes()[:4] == b"\x89PNG"
+    timing = json.loads((repo / "timing.json").read_text())
+    assert {f"darht_{n}" for n in used} <= set(timing["train_seconds"])
+    # one teacher changes: only its stage retrains, then the student and the evaluation
+    out = run(["dvc", "exp", "run", "-S", "method=darht", "-S", "darht.pool.vit.depth=2"], repo)
+    assert stages_run(out.stdout) == {"darht_teacher@vit", "student", "attack", "metrics"}
+    # a student-only setting leaves every teacher alone
+    out = run(["dvc", "exp", "run", "-S", "method=darht", "-S", "darht.pool.vit.depth=2", "-S",
+               "darht.adversarial_prob=1.0"], repo)
     assert stages_run(out.stdout) == {"student", "attack", "metrics"}
     run(["git", "checkout", "params.yaml"], repo)
     run(["dvc", "checkout"], repo)

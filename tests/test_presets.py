@@ -25,5 +25,20 @@ def test_dataset_presets_alone_and_with_robust_training(dataset):
     assert robust["train_attack"]["steps"] == 10
 
 
+def test_darht_homogeneous_preset_swaps_the_families_for_one_family_and_keeps_k():
+    base = validate(load(ROOT / "params.yaml"))
+    homo = validate(merge(base, load(PRESETS / "darht_homogeneous.yaml")))
+    used = lambda p: [t for t in p["darht"]["pool"].values() if t["use"]]  # noqa: E731
+    hetero = used({**base, "method": "darht"})
+    assert homo["method"] == "darht" and len(used(homo)) == len(hetero) == 4
+    assert {t["arch"] for t in used(homo)} == {"papernot_cnn"} and len({t["seed"] for t in used(homo)}) == 4
+    assert len({t["arch"] for t in hetero}) == 4  # the default set spans four families
+    # everything else (student, training budget, evaluation) is the same
+    for key in ("student", "train_attack", "attack"):
+        assert homo[key] == base[key]
+    assert {k: v for k, v in homo["darht"].items() if k != "pool"} == {k: v for k, v in base["darht"].items() if k != "pool"}
+
+
 def test_every_preset_is_covered():
-    assert {p.name for p in PRESETS.glob("*.yaml")} == {"cifar10.yaml", "cifar100.yaml", "robust_resnet18.yaml"}
+    assert {p.name for p in PRESETS.glob("*.yaml")} == {"cifar10.yaml", "cifar100.yaml", "robust_resnet18.yaml",
+                                                       "darht_homogeneous.yaml"}

@@ -138,9 +138,10 @@ def test_training_attack_epsilon_defaults_to_the_headline_epsilon():
     assert loss_params(p)["train_attack"]["eps"] == 0.2
 
 
-@pytest.mark.parametrize("method", sorted(n for n, m in METHODS.items() if not m.purifies))
+@pytest.mark.parametrize("method", sorted(n for n, m in METHODS.items() if not m.purifies and not m.pool_teachers))
 def test_each_method_builds_its_losses(method):
-    """Every classifier method (purification's losses: tests/test_purification.py)."""
+    """Every single-teacher classifier method (purification's losses: tests/test_purification.py; darht's, with K
+    teachers and a feature-map student: tests/test_darht.py)."""
     p = default_params()
     p["method"] = method
     params_mod.validate(p)

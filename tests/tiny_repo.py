@@ -27,6 +27,7 @@ def tiny_params() -> dict:
     p["data"].update(val_size=100, train_subset=400, test_subset=200)
     for role in TRAINED_ROLES:
         p[role].update(epochs=2, batch_size=64)
+    p["darht"]["teacher_training"].update(epochs=1, batch_size=64)
     a = p["attack"]
     a.update(n_points=40, batch_size=20, eps=[0.05, 0.1, 0.3], headline_eps=0.1, sensitivity_points=20,
              n_example_images=4)
@@ -37,6 +38,13 @@ def tiny_params() -> dict:
     a["square"].update(n_queries=20)
     a["transfer"].update(steps=5)
     return p
+
+
+def darht_stages(params: dict | None = None) -> set[str]:
+    """The `darht_teacher@<name>` stages (one per entry of darht.pool); for other methods they only write a marker,
+    but they run whenever `method` changes."""
+    p = params or yaml.safe_load((ROOT / "params.yaml").read_text())
+    return {f"darht_teacher@{name}" for name in p["darht"]["pool"]}
 
 
 def env() -> dict[str, str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import statistics
 
-from .evaluation import AUTOATTACK, BLACK_BOX, FGSM_CE, PAPER_PROTOCOL, PGD_CE, PGD_MARGIN, WHITE_BOX, eps_key
+from .evaluation import AUTOATTACK, FGSM_CE, PAPER_PROTOCOL, PGD_CE, PGD_MARGIN, WHITE_BOX, eps_key, is_black_box
 
 STRONG = (PGD_MARGIN, AUTOATTACK)
 
@@ -76,7 +76,7 @@ def masking_reasons(result: dict, thresholds: dict) -> list[str]:
                                f"a {100 * (ce - strong[best]):.1f}-point gap (> {100 * thresholds['strong_vs_ce_margin']:.0f}) "
                                f"means the softmax-CE gradient is masked (saturated softmax)")
         white = {a: acc[a][key] for a in WHITE_BOX if key in acc.get(a, {})}
-        black = {a: acc[a][key] for a in BLACK_BOX if key in acc.get(a, {})}
+        black = {a: acc[a][key] for a in acc if is_black_box(a, result["model"]) and key in acc[a]}
         if white and black:
             bw, bb = min(white, key=white.get), min(black, key=black.get)
             if white[bw] - black[bb] > thresholds["transfer_margin"]:
@@ -128,3 +128,40 @@ def summarise(result: dict, thresholds: dict) -> dict:
         "masking_reasons": " | ".join(reasons),
         **purification_summary(result, headline),
     }
+
+
+def transferability(results: list[dict]) -> dict:
+    """The DARHT transferability matrix at the headline ε, from the per-point results of the attack stage.
+
+    success_rate[source][target] = among the attacked points that ``target`` classifies correctly when clean, the
+    fraction misclassified by the examples crafted on ``source`` (margin PGD, last iterate, ``transfer_<source>``).
+    Points the target already gets wrong are not counted: they say nothing about transfer. Sources and the K x K
+    targets are the DARHT teachers (the diagonal is each teacher's own, white-box, success rate);
+    ``success_rate_on_student`` is the black-box transfer from each teacher to the student.
+    """
+    teachers = [r["model"] for r in results if r["info"].get("darht_teacher")]
+    if not teachers:
+        return {"teachers": [], "note": "no DARHT teachers in this run (method is not darht)"}
+    headline = eps_key(results[0]["headline_eps"])
+    by_name = {r["model"]: r for r in results}
+
+    def rate(source: str, target: str) -> tuple[float | None, int]:
+        r = by_name[target]
+        fooled = r["linf"][f"transfer_{source}"][headline]
+        correct = r["attacked_clean_correct"]
+        n = sum(correct)
+        hits = sum(1 for c, robust in zip(correct, fooled) if c and not robust)
+        return (round(hits / n, 4) if n else None), n
+
+    matrix = {s: {t: rate(s, t)[0] for t in teachers} for s in teachers}
+    off = [v for s in teachers for t in teachers if s != t and (v := matrix[s][t]) is not None]
+    out = {"teachers": teachers, "eps": results[0]["headline_eps"], "success_rate": matrix,
+           "n_clean_correct": {t: rate(teachers[0], t)[1] for t in teachers},
+           "mean_off_diagonal": round(sum(off) / len(off), 4) if off else None,
+           "definition": "success_rate[source][target]: PGD (margin loss, last iterate, attack.transfer.steps) crafted "
+                         "on source at the headline eps, evaluated on target; counted only over the attacked points "
+                         "target classifies correctly when clean"}
+    if "student" in by_name:
+        out["success_rate_on_student"] = {s: rate(s, "student")[0] for s in teachers}
+        out["n_clean_correct"]["student"] = rate(teachers[0], "student")[1]
+    return out

@@ -31,6 +31,12 @@ WHITE_BOX = (FGSM_CE, PGD_CE, PGD_MARGIN, AUTOATTACK)   # on the deployed model:
 BLACK_BOX = (SQUARE, TRANSFER, *PAPER_PROTOCOL)
 
 
+def is_black_box(attack: str, model: str) -> bool:
+    """Crafted without this model's gradients: Square, the surrogate's and the classifier's examples, and the
+    examples crafted on another model (``transfer_<other>``); ``transfer_<model>`` was crafted on the model itself."""
+    return attack in BLACK_BOX or (attack.startswith("transfer_") and attack != f"transfer_{model}")
+
+
 def eps_key(eps: float) -> str:
     """0.03 -> 'eps_0p03': metric keys carry no dots, so `dvc metrics diff` reads cleanly."""
     return "eps_" + f"{eps:g}".replace(".", "p").replace("-", "m")
@@ -134,10 +140,14 @@ def cascade_survivors(linf: dict[str, dict[str, list[int]]], key: str, clean_cor
 
 
 def evaluate(model: nn.Module, name: str, x_test: torch.Tensor, y_test: torch.Tensor, attack_idx: torch.Tensor,
-             cfg: dict, transfer_adv: dict[str, torch.Tensor], on_classifier: dict | None = None) -> dict:
+             cfg: dict, transfer_adv: dict[str, torch.Tensor], on_classifier: dict | None = None,
+             extra_transfer: dict[str, dict[str, torch.Tensor]] | None = None) -> dict:
     """The whole suite on one model. ``x_test`` is float in [0,1]; ``attack_idx`` selects the attacked points.
 
     ``on_classifier`` (purification): examples from :func:`craft_on_classifier`, evaluated as extra attacks.
+    ``extra_transfer`` (darht): {attack name: {eps key: x_adv}}, examples crafted on other models (the DARHT
+    teachers, ``transfer_<model>``), replayed on this one at every ε. The one named ``transfer_<name>`` was crafted
+    on this very model: a white-box attack here (see :func:`is_black_box`).
     """
     bs = cfg["batch_size"]
     model.eval()
@@ -148,7 +158,7 @@ def evaluate(model: nn.Module, name: str, x_test: torch.Tensor, y_test: torch.Te
     linf: dict[str, dict[str, list[int]]] = {a: {} for a in (FGSM_CE, PGD_CE, PGD_MARGIN, TRANSFER)}
     aa_flags: dict[str, list[str]] = {}
     evaluated: dict[str, dict[str, int]] = {}  # expensive attacks: how many points each was run on
-    precrafted = {TRANSFER: transfer_adv, **(on_classifier["linf"] if on_classifier else {})}
+    precrafted = {TRANSFER: transfer_adv, **(on_classifier["linf"] if on_classifier else {}), **(extra_transfer or {})}
     # Cheap attacks first, on every point; the expensive ones (AutoAttack, then Square) last, so that the
     # cascade can give them only the points every cheaper white-box attack failed on.
     jobs = [(a, eps) for eps in cfg["eps"] for a in (FGSM_CE, PGD_CE, PGD_MARGIN, *precrafted)]

@@ -1,4 +1,8 @@
-"""Atomic writes and safe loads: a half-written file is never taken for a complete one."""
+"""Atomic writes and safe loads: a half-written file is never taken for a complete one.
+
+torch is imported only by the functions that need it, so a stage that writes a small JSON marker (e.g. an
+unused DARHT teacher slot) starts in a fraction of a second.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -10,14 +14,15 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
-
-import torch
+from typing import TYPE_CHECKING, Any, Iterator
 
 from .errors import CheckpointError, ResourceError
 
 # Free space kept in reserve beyond a write's own size: a full disk breaks DVC's cache, git and the OS too.
 DISK_MARGIN_BYTES = 64 << 20
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _size(n: float) -> str:
@@ -88,6 +93,8 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     # Saving through a buffer keeps the bytes independent of the (random) temporary file name,
     # which torch.save would otherwise record inside the archive: same object -> same file.
     # The size is known exactly once serialised: check the disk before the temporary file is created.
+    import torch
+
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     ensure_free_space(path, buffer.getbuffer().nbytes)
@@ -96,6 +103,8 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 
 def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
     """Load tensors/dicts/lists/primitives only (``weights_only=True``): a pickle payload never runs."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found. Run the stage that writes it (`dvc repro`).")

@@ -168,6 +168,82 @@ class LTD:
         return loss, logits
 
 
+class DARHT:
+    """Deng et al. 2024 (DARHT): one student learns from K heterogeneous robust teachers through its feature map.
+
+    The student has a :class:`robustkd.models.FeatureMapHead`: pooled features -> C·K -> C. Slice i of the
+    C·K map is matched to teacher i, with weight w_i = exp(-CE(t_i(x), y)) (the teacher's mean CE on this
+    batch, recomputed every batch; ``normalize_weights``: w_i / Σ_j w_j)::
+
+        KD  = Σ_i w_i · d(slice_i, t_i(x)),   d = T²·KL(softmax(t_i/T) ‖ softmax(slice_i/T)) (``kd_loss="kl"``)
+                                                or MSE of the logits (``kd_loss="mse"``)
+        loss = CE(s(x), y)          while progress <  ce_kd_from
+               CE(s(x), y) + KD     while progress <  kd_only_from
+               KD                   afterwards
+
+    ``progress`` (fraction of training done, in [0, 1)) is set by the training loop before every step
+    (:meth:`set_progress`). Each batch is replaced, with probability ``adversarial_prob``, by PGD examples on the
+    student's CE (``attack``: train_attack); the draw comes from the global CPU RNG (seeded, saved on resume) and
+    happens on every batch, so the RNG stream does not depend on the phase. The teachers are frozen, in eval mode,
+    and see the same batch as the student (clean or adversarial): our reading, the paper's text does not say.
+    """
+
+    PHASES = ("ce", "ce_kd", "kd")
+
+    def __init__(self, teachers: list[nn.Module], attack: InnerAttack, adversarial_prob: float, ce_kd_from: float,
+                 kd_only_from: float, kd_loss: str = "kl", kd_temperature: float = 1.0, normalize_weights: bool = False):
+        if not teachers:
+            raise ValueError("DARHT needs at least one teacher")
+        if not 0.0 <= ce_kd_from <= kd_only_from <= 1.0:
+            raise ValueError(f"DARHT schedule needs 0 <= ce_kd_from <= kd_only_from <= 1, got {ce_kd_from!r}, "
+                             f"{kd_only_from!r}")
+        if kd_loss not in ("kl", "mse"):
+            raise ValueError(f"DARHT kd_loss must be 'kl' or 'mse', got {kd_loss!r}")
+        self.teachers = [t.eval().requires_grad_(False) for t in teachers]
+        self.attack, self.adversarial_prob = attack, float(adversarial_prob)
+        self.ce_kd_from, self.kd_only_from = float(ce_kd_from), float(kd_only_from)
+        self.kd_loss, self.kd_temperature = kd_loss, float(kd_temperature)
+        self.normalize_weights = bool(normalize_weights)
+        self.progress = 0.0
+
+    def set_progress(self, progress: float) -> None:
+        """Called by :func:`robustkd.training.train` before each step: (epoch + step / steps_per_epoch) / epochs."""
+        self.progress = float(progress)
+
+    def phase(self) -> str:
+        if self.progress < self.ce_kd_from:
+            return "ce"
+        return "ce_kd" if self.progress < self.kd_only_from else "kd"
+
+    def teacher_weights(self, teacher_logits: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+        """w_i = exp(-CE(t_i(x), y)), batch-mean CE: a teacher that is right (and sure) on this batch counts more."""
+        w = torch.stack([torch.exp(-F.cross_entropy(t, y)) for t in teacher_logits])
+        return w / w.sum() if self.normalize_weights else w
+
+    def distance(self, slice_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        if self.kd_loss == "mse":
+            return F.mse_loss(slice_logits, teacher_logits)
+        return kd_kl(slice_logits, teacher_logits, self.kd_temperature)
+
+    def kd(self, feature_map: torch.Tensor, teacher_logits: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+        if feature_map.shape[1] != len(teacher_logits):
+            raise ValueError(f"the student's feature map has {feature_map.shape[1]} slices for {len(teacher_logits)} "
+                             f"teachers")
+        w = self.teacher_weights(teacher_logits, y)
+        return sum(w[i] * self.distance(feature_map[:, i], t) for i, t in enumerate(teacher_logits))
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+        phase = self.phase()
+        adversarial = torch.rand(()).item() < self.adversarial_prob
+        if adversarial and self.attack.steps:
+            x = maximise(model, x, lambda z: F.cross_entropy(z, y), self.attack)
+        logits, feature_map = model.forward_with_map(x)
+        loss = F.cross_entropy(logits, y) if phase != "kd" else logits.new_zeros(())
+        if phase != "ce":
+            loss = loss + self.kd(feature_map, [_frozen_logits(t, x) for t in self.teachers], y)
+        return loss, logits
+
+
 # --- purifier training (method purification) ---------------------------------------------------------------
 # The model is a PurifiedClassifier: ``model.purifier`` learns, ``model.classifier`` is fixed. The loss is on
 # images; the returned logits are the classifier's on the purified batch (the training-accuracy curve).

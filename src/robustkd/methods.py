@@ -14,7 +14,7 @@ from typing import Callable, Optional
 from torch import nn
 
 from .adversarial import InnerAttack
-from .losses import ARD, LTD, PGDAT, RSLAD, TRADES, Distillation, TemperatureCE
+from .losses import ARD, DARHT, LTD, PGDAT, RSLAD, TRADES, Distillation, TemperatureCE
 from .training import LossFn
 
 # How the teacher stage can train the teacher (`teacher.training`); "auto" = the method's choice.
@@ -40,6 +40,9 @@ class Method:
     # purification: the teacher stage adds purifier teachers and the student is a purifier
     # (robustkd.purification); student_loss is then unused
     purifies: bool = False
+    # darht: K teachers from the `darht_teacher@<name>` stages (robustkd.darht); student_loss then gets the list
+    # of teachers as ``previous``, and the student has a feature-map head (C·K, then C)
+    pool_teachers: bool = False
 
 
 def _not_a_classifier_loss():
@@ -48,6 +51,12 @@ def _not_a_classifier_loss():
 
 def _attack(p: dict, random_start: str = "uniform") -> InnerAttack:
     return InnerAttack.from_params(p, random_start=random_start)
+
+
+def _darht(p: dict, teachers: list[nn.Module]) -> DARHT:
+    d = p["darht"]
+    return DARHT(list(teachers), _attack(p), d["adversarial_prob"], d["ce_kd_from"], d["kd_only_from"], d["kd_loss"],
+                 d["kd_temperature"], d["normalize_weights"])
 
 
 METHODS: dict[str, Method] = {
@@ -110,6 +119,15 @@ METHODS: dict[str, Method] = {
         student_loss=lambda p, group, previous: _not_a_classifier_loss(),
         distills=True,
         purifies=True,
+    ),
+    "darht": Method(
+        description="Deng et al. 2024: K robust teachers of different families (darht.pool), each matched to a "
+                    "slice of the student's C*K feature map, weighted by exp(-CE) per batch; CE -> CE+KD -> KD; "
+                    "clean or PGD batches at random. The teacher stage's model is a natural reference.",
+        teacher_training="natural",
+        student_loss=lambda p, group, teachers: _darht(p, teachers),
+        distills=True,
+        pool_teachers=True,
     ),
 }
 

@@ -34,21 +34,55 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+class FeatureMapHead(nn.Module):
+    """DARHT's student head (Deng et al. 2024): pooled features -> ``linear1`` -> C·K values, the
+    "student-teacher feature map" (slice i, C values, is matched to teacher i) -> ``linear2`` -> C logits."""
+
+    def __init__(self, feature_dim: int, num_classes: int, num_teachers: int):
+        super().__init__()
+        if num_teachers < 1:
+            raise ValueError(f"a feature-map head needs at least 1 teacher, got {num_teachers!r}")
+        self.num_classes, self.num_teachers = num_classes, num_teachers
+        self.linear1 = nn.Linear(feature_dim, num_classes * num_teachers)
+        self.linear2 = nn.Linear(num_classes * num_teachers, num_classes)
+
+    def forward_with_map(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (N, C), feature map (N, K, C)); slice ``[:, i]`` belongs to teacher i."""
+        flat = self.linear1(features)
+        return self.linear2(flat), flat.view(-1, self.num_teachers, self.num_classes)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear2(self.linear1(features))
+
+
 class Classifier(nn.Module):
     """``temperature`` divides the logits at the output, in training and at inference: a model that keeps
-    its temperature when deployed (LTD's student). 1 for every other model."""
+    its temperature when deployed (LTD's student). 1 for every other model.
 
-    def __init__(self, features: nn.Module, feature_dim: int, num_classes: int, mean, std, temperature: float = 1.0):
+    ``head_teachers`` = K replaces the linear head by DARHT's :class:`FeatureMapHead` (C·K, then C); the model
+    is still a plain classifier to every attack, and :meth:`forward_with_map` also returns the map.
+    """
+
+    def __init__(self, features: nn.Module, feature_dim: int, num_classes: int, mean, std, temperature: float = 1.0,
+                 head_teachers: int | None = None):
         super().__init__()
         self.normalize = Normalize(mean, std)
         self.features = features
         self.feature_dim = feature_dim
-        self.head = nn.Linear(feature_dim, num_classes)
+        self.head = (nn.Linear(feature_dim, num_classes) if head_teachers is None
+                     else FeatureMapHead(feature_dim, num_classes, head_teachers))
         self.temperature = float(temperature)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.head(self.features(self.normalize(x)))
         return logits if self.temperature == 1.0 else logits / self.temperature
+
+    def forward_with_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, student-teacher feature map (N, K, C)) in one pass; only with a feature-map head."""
+        if not isinstance(self.head, FeatureMapHead):
+            raise TypeError("forward_with_map needs a feature-map head (build the model with head_teachers=K)")
+        logits, fmap = self.head.forward_with_map(self.features(self.normalize(x)))
+        return (logits, fmap) if self.temperature == 1.0 else (logits / self.temperature, fmap)
 
 
 def _flat_dim(module: nn.Module, channels: int, size: int) -> int:
@@ -56,7 +90,7 @@ def _flat_dim(module: nn.Module, channels: int, size: int) -> int:
         return module(torch.zeros(1, channels, size, size)).flatten(1).shape[1]
 
 
-def papernot_cnn(channels: int, size: int, width: str = "mnist") -> tuple[nn.Module, int]:
+def papernot_cnn(channels: int, size: int, width: str = "mnist", depth: int | None = None) -> tuple[nn.Module, int]:
     c1, c2, c3, c4, d1, d2 = PAPERNOT_WIDTHS[width]
     conv = nn.Sequential(
         nn.Conv2d(channels, c1, 3), nn.ReLU(inplace=True),
@@ -70,7 +104,7 @@ def papernot_cnn(channels: int, size: int, width: str = "mnist") -> tuple[nn.Mod
     return features, d2
 
 
-def lenet(channels: int, size: int, width: str = "mnist") -> tuple[nn.Module, int]:
+def lenet(channels: int, size: int, width: str = "mnist", depth: int | None = None) -> tuple[nn.Module, int]:
     """A small, different family from the Papernot CNN: the default transfer-attack surrogate."""
     conv = nn.Sequential(
         nn.Conv2d(channels, 6, 5, padding=2), nn.Tanh(), nn.AvgPool2d(2),
@@ -80,7 +114,7 @@ def lenet(channels: int, size: int, width: str = "mnist") -> tuple[nn.Module, in
     return nn.Sequential(conv, nn.Linear(flat, 120), nn.Tanh(), nn.Linear(120, 84), nn.Tanh()), 84
 
 
-def resnet18(channels: int, size: int, width: str = "mnist") -> tuple[nn.Module, int]:
+def resnet18(channels: int, size: int, width: str = "mnist", depth: int | None = None) -> tuple[nn.Module, int]:
     """torchvision ResNet-18 with the CIFAR stem: 3x3 stride-1 first conv, no max-pool."""
     import torchvision  # imported here: ~2 s saved in every stage that does not need it
 
@@ -91,7 +125,7 @@ def resnet18(channels: int, size: int, width: str = "mnist") -> tuple[nn.Module,
     return net, 512
 
 
-def mobilenetv2(channels: int, size: int, width: str = "mnist") -> tuple[nn.Module, int]:
+def mobilenetv2(channels: int, size: int, width: str = "mnist", depth: int | None = None) -> tuple[nn.Module, int]:
     """torchvision MobileNetV2; the stem keeps full resolution on small (<= 64 px) images."""
     import torchvision
 
@@ -102,11 +136,114 @@ def mobilenetv2(channels: int, size: int, width: str = "mnist") -> tuple[nn.Modu
     return net, 1280
 
 
+# --- small, sizeable members of other families (DARHT's heterogeneous teachers on a CPU budget) ---------------
+# ``width`` is an int (channels / embedding size) or a preset name ("mnist" = the small default, "cifar" = twice
+# as wide); ``depth`` is None (the default) or an int. All take 1x28x28 and 3x32x32 (and larger) images.
+
+def _int_width(width: str | int, default: int) -> int:
+    if isinstance(width, str):
+        if width not in ("mnist", "cifar"):
+            raise ValueError(f"width must be an integer or one of 'mnist', 'cifar', got {width!r}")
+        return default if width == "mnist" else 2 * default
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ValueError(f"width must be an integer >= 1, got {width!r}")
+    return width
+
+
+class _BasicBlock(nn.Module):
+    """ResNet basic block (two 3x3 conv + BN, identity or 1x1 projection shortcut)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = (nn.Identity() if stride == 1 and c_in == c_out else
+                         nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+def resnet_small(channels: int, size: int, width: str | int = "mnist", depth: int | None = None) -> tuple[nn.Module, int]:
+    """CIFAR-style ResNet-(6·depth + 2) (He et al. 2016, section 4.2): a 3x3 stem, three stages of ``depth`` basic
+    blocks with width, 2·width, 4·width channels (strides 1, 2, 2), global average pooling. Defaults: width 16,
+    depth 1 (ResNet-8)."""
+    w, n = _int_width(width, 16), 1 if depth is None else depth
+    layers: list[nn.Module] = [nn.Conv2d(channels, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+    c_in = w
+    for stage, c_out in enumerate((w, 2 * w, 4 * w)):
+        for i in range(n):
+            layers.append(_BasicBlock(c_in, c_out, 2 if stage and i == 0 else 1))
+            c_in = c_out
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return nn.Sequential(*layers), 4 * w
+
+
+def mobilenetv2_small(channels: int, size: int, width: str | int = "mnist",
+                      depth: int | None = None) -> tuple[nn.Module, int]:
+    """MobileNetV2 (Sandler et al. 2018) cut to CPU size, from torchvision's own blocks (inverted residuals with
+    linear bottlenecks, ReLU6): a 3x3 stem to ``width`` channels (stride 1 for images <= 64 px), a block of
+    expansion 1, then three stages of ``depth`` blocks (expansion 6) with 1.5·, 2· and 4·width channels, each
+    starting with stride 2, a 1x1 conv to 16·width channels and global average pooling. Defaults: width 16,
+    depth 1 (channels 16, 24, 32, 64; 256 features)."""
+    from torchvision.models.mobilenetv2 import InvertedResidual
+    from torchvision.ops.misc import Conv2dNormActivation
+
+    w, n = _int_width(width, 16), 1 if depth is None else depth
+    layers: list[nn.Module] = [Conv2dNormActivation(channels, w, stride=1 if size <= 64 else 2,
+                                                    norm_layer=nn.BatchNorm2d, activation_layer=nn.ReLU6)]
+    c_in = w
+    for expand, c_out, repeats, stride in ((1, w, 1, 1), (6, w * 3 // 2, n, 2), (6, 2 * w, n, 2), (6, 4 * w, n, 2)):
+        for i in range(repeats):
+            layers.append(InvertedResidual(c_in, c_out, stride if i == 0 else 1, expand))
+            c_in = c_out
+    layers += [Conv2dNormActivation(c_in, 16 * w, kernel_size=1, norm_layer=nn.BatchNorm2d, activation_layer=nn.ReLU6),
+               nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return nn.Sequential(*layers), 16 * w
+
+
+class VisionTransformer(nn.Module):
+    """A small ViT written with torch.nn: non-overlapping ``patch``x``patch`` patch embedding (a strided conv), a
+    learned position embedding, a class token, ``depth`` pre-norm transformer encoder layers (GELU, MLP ratio 2,
+    no dropout) and a final LayerNorm; the class token's output is the pooled feature vector."""
+
+    def __init__(self, channels: int, size: int, dim: int, depth: int, heads: int, patch: int):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"ViT width {dim} must be divisible by its {heads} heads")
+        self.embed = nn.Conv2d(channels, dim, patch, patch)
+        n_tokens = (size // patch) ** 2
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos = nn.Parameter(torch.randn(1, n_tokens + 1, dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout=0.0, activation="gelu", batch_first=True,
+                                           norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x).flatten(2).transpose(1, 2)            # (N, patches, dim)
+        tokens = torch.cat([self.cls.expand(len(tokens), -1, -1), tokens], dim=1) + self.pos
+        return self.norm(self.encoder(tokens))[:, 0]
+
+
+def vit_small(channels: int, size: int, width: str | int = "mnist", depth: int | None = None) -> tuple[nn.Module, int]:
+    """:class:`VisionTransformer` with 4x4 patches (28 px -> 49 tokens, 32 px -> 64), embedding ``width`` (default
+    64), ``depth`` layers (default 4), width/32 heads (at least 1)."""
+    dim, n = _int_width(width, 64), 4 if depth is None else depth
+    return VisionTransformer(channels, size, dim, n, max(1, dim // 32), patch=4), dim
+
+
 ARCHITECTURES: dict[str, Callable[..., tuple[nn.Module, int]]] = {
     "papernot_cnn": papernot_cnn,
     "lenet": lenet,
     "resnet18": resnet18,
     "mobilenetv2": mobilenetv2,
+    "resnet_small": resnet_small,
+    "mobilenetv2_small": mobilenetv2_small,
+    "vit_small": vit_small,
 }
 
 
@@ -190,14 +327,16 @@ def build_from_spec(spec: dict) -> nn.Module:
     return build_model(**spec)
 
 
-def build_model(arch: str, channels: int, size: int, num_classes: int, mean, std, width: str = "mnist",
-                temperature: float = 1.0) -> Classifier:
+def build_model(arch: str, channels: int, size: int, num_classes: int, mean, std, width: str | int = "mnist",
+                temperature: float = 1.0, depth: int | None = None, head_teachers: int | None = None) -> Classifier:
+    """``depth`` sizes the architectures that take one (None: their default); ``head_teachers`` = K gives
+    DARHT's feature-map head (C·K, then C) instead of a linear one."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; allowed: {', '.join(ARCHITECTURES)}")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
-    features, dim = ARCHITECTURES[arch](channels, size, width)
-    return Classifier(features, dim, num_classes, mean, std, temperature)
+    features, dim = ARCHITECTURES[arch](channels, size, width, depth)
+    return Classifier(features, dim, num_classes, mean, std, temperature, head_teachers)
 
 
 def place(model: nn.Module, device: str | torch.device) -> nn.Module:
@@ -205,11 +344,18 @@ def place(model: nn.Module, device: str | torch.device) -> nn.Module:
     return model.to(device=device, memory_format=torch.channels_last)
 
 
-def model_spec(arch: str, meta: dict, width: str = "mnist", temperature: float = 1.0) -> dict[str, Any]:
-    """Everything needed to rebuild the model, as plain data (stored inside checkpoints)."""
+def model_spec(arch: str, meta: dict, width: str | int = "mnist", temperature: float = 1.0, depth: int | None = None,
+               head_teachers: int | None = None) -> dict[str, Any]:
+    """Everything needed to rebuild the model, as plain data (stored inside checkpoints). ``depth`` and
+    ``head_teachers`` are recorded only when set, so older checkpoints and specs stay valid."""
     channels, size, _ = meta["shape"]
-    return {"arch": arch, "channels": channels, "size": size, "num_classes": meta["num_classes"],
+    spec = {"arch": arch, "channels": channels, "size": size, "num_classes": meta["num_classes"],
             "mean": list(meta["mean"]), "std": list(meta["std"]), "width": width, "temperature": float(temperature)}
+    if depth is not None:
+        spec["depth"] = depth
+    if head_teachers is not None:
+        spec["head_teachers"] = head_teachers
+    return spec
 
 
 def _read_checkpoint(path: str | Path) -> dict:
@@ -222,6 +368,11 @@ def _read_checkpoint(path: str | Path) -> dict:
 def read_spec(path: str | Path) -> dict:
     """The spec stored in a checkpoint (to wrap a saved classifier, e.g. behind a purifier)."""
     return _read_checkpoint(path)["spec"]
+
+
+def read_info(path: str | Path) -> dict:
+    """The info stored in a checkpoint (what trained it, e.g. a DARHT student's teachers)."""
+    return _read_checkpoint(path)["info"]
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, spec: dict, info: dict) -> None:

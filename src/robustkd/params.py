@@ -6,6 +6,7 @@ for an unknown key, the closest valid one.
 from __future__ import annotations
 
 import difflib
+import re
 from abc import ABC, abstractmethod
 import math
 from dataclasses import dataclass, field
@@ -16,14 +17,17 @@ import yaml
 
 from .errors import ParamsError
 
-ARCHS = ("papernot_cnn", "lenet", "resnet18", "mobilenetv2")
+ARCHS = ("papernot_cnn", "lenet", "resnet18", "mobilenetv2", "resnet_small", "mobilenetv2_small", "vit_small")
 DATASET_NAMES = ("fashion_mnist", "mnist", "cifar10", "cifar100", "tinyimagenet")
-METHODS = ("natural", "defensive_distillation", "pgd_at", "trades", "ard", "rslad", "ltd", "purification")
+METHODS = ("natural", "defensive_distillation", "pgd_at", "trades", "ard", "rslad", "ltd", "purification", "darht")
 PURIFIER_ARCHS = ("cae", "identity")
 TEACHER_TRAININGS = ("auto", "natural", "temperature", "pgd_at", "trades")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine")
 WIDTHS = ("mnist", "cifar")
+DARHT_TEACHER_TRAININGS = ("pgd_at", "trades", "natural")
+DARHT_KD_LOSSES = ("kl", "mse")
+TEACHER_EVALUATIONS = ("reduced", "full")
 AUTOATTACK_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 
 
@@ -124,6 +128,40 @@ class ListOf(Field):
 
 
 @dataclass
+class AnyOf(Field):
+    """Valid if any of ``options`` accepts the value (e.g. a width preset name or an integer)."""
+    options: tuple[Field, ...]
+    text: str
+
+    def check(self, key, value):
+        if any(not option.check(key, value) for option in self.options):
+            return []
+        return [f"`{key}` = {value!r}: must be {self.text}"]
+
+    def describe(self):
+        return self.text
+
+
+@dataclass
+class MapOf(Field):
+    """A mapping of names (lowercase letters, digits, `_`; they become file and DVC stage names) to ``item``s."""
+    item: Field
+    min_len: int = 1
+
+    def check(self, key, value):
+        if not isinstance(value, dict) or len(value) < self.min_len:
+            return [f"`{key}` = {value!r}: must be a mapping of at least {self.min_len} name(s) to settings"]
+        errors = []
+        for name, item in value.items():
+            if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", name):
+                errors.append(f"`{key}.{name}`: bad name; use 1-32 lowercase letters, digits or `_`, starting with a "
+                              f"letter (it names files and a DVC stage)")
+                continue
+            errors.extend(self.item.check(f"{key}.{name}", item))
+        return errors
+
+
+@dataclass
 class Group(Field):
     fields: dict[str, Field]
     optional: frozenset[str] = field(default_factory=frozenset)
@@ -175,6 +213,26 @@ def purifier_group(extra: dict[str, Field]) -> Group:
     return training_group({"arch": Choice(PURIFIER_ARCHS), "width": Int(1, 4096), "depth": Int(1, 8), **extra})
 
 
+PRESET_WIDTH_ARCHS = ("papernot_cnn", "lenet", "resnet18", "mobilenetv2")  # width: a preset name only
+TRAINING_FIELDS = ("epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule", "augment")
+WIDTH = AnyOf((Choice(WIDTHS), Int(1, 4096)), "a width preset (mnist | cifar) or an integer in [1, 4096]")
+
+# One DARHT teacher: its architecture, size and training; optional keys override `darht.teacher_training`.
+DARHT_TEACHER = Group(
+    {
+        "use": Bool(),
+        "arch": Choice(ARCHS),
+        "width": WIDTH,
+        "depth": Nullable(Int(1, 64)),
+        "training": Choice(DARHT_TEACHER_TRAININGS),
+        "seed": Int(0, 2**20),
+        "epochs": Int(1, 10_000),
+        "batch_size": Int(1, 1 << 16),
+        "lr": Float(0.0, 10.0, min_exclusive=True),
+    },
+    optional=frozenset({"epochs", "batch_size", "lr"}),
+)
+
 SCHEMA = Group(
     {
         "seed": Int(0, 2**31 - 1),
@@ -214,6 +272,19 @@ SCHEMA = Group(
             }
         ),
         "trades": Group({"beta": Float(0.0, 1e4)}),
+        "darht": Group(
+            {
+                "pool": MapOf(DARHT_TEACHER),
+                "teacher_training": Group({k: v for k, v in training_group().fields.items() if k in TRAINING_FIELDS}),
+                "kd_loss": Choice(DARHT_KD_LOSSES),
+                "kd_temperature": Float(0.0, 1e4, min_exclusive=True),
+                "adversarial_prob": PROBABILITY,
+                "ce_kd_from": PROBABILITY,
+                "kd_only_from": PROBABILITY,
+                "normalize_weights": Bool(),
+                "teacher_evaluation": Choice(TEACHER_EVALUATIONS),
+            }
+        ),
         "ard": Group({"temperature": Float(0.0, 1e4, min_exclusive=True), "alpha": PROBABILITY}),
         "rslad": Group({"adv_weight": PROBABILITY}),
         "ltd": Group({"teacher_temperature": Float(0.0, 1e4, min_exclusive=True),
@@ -273,6 +344,18 @@ def _cross_checks(p: dict) -> list[str]:
     if not (student["reconstruction_weight"] or student["output_weight"] or student["feature_weight"]):
         errors.append("`purifier_student`: reconstruction_weight, output_weight and feature_weight are all 0, "
                       "so the student purifier would learn nothing; set at least one > 0")
+    darht = p["darht"]
+    if darht["ce_kd_from"] > darht["kd_only_from"]:
+        errors.append(f"`darht.ce_kd_from` = {darht['ce_kd_from']!r} is after `darht.kd_only_from` = "
+                      f"{darht['kd_only_from']!r}: the schedule is CE only, then CE + KD, then KD only; "
+                      f"set ce_kd_from <= kd_only_from")
+    for name, t in darht["pool"].items():
+        if t["arch"] in PRESET_WIDTH_ARCHS and not isinstance(t["width"], str):
+            errors.append(f"`darht.pool.{name}.width` = {t['width']!r}: arch {t['arch']} takes a width preset "
+                          f"({' | '.join(WIDTHS)}); integer widths are for {', '.join(a for a in ARCHS if a not in PRESET_WIDTH_ARCHS)}")
+    if p["method"] == "darht" and not any(t["use"] for t in darht["pool"].values()):
+        errors.append(f"`darht.pool`: method darht needs at least one teacher with `use: true`; none of "
+                      f"{', '.join(darht['pool'])} has it")
     if p["data"]["test_subset"] is not None and attack["n_points"] is not None and attack["n_points"] > p["data"]["test_subset"]:
         errors.append(f"`attack.n_points` = {attack['n_points']}: larger than `data.test_subset` = {p['data']['test_subset']}")
     return errors

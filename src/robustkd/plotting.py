@@ -95,3 +95,34 @@ def purification_grid(x: torch.Tensor, y: torch.Tensor, rows: dict[str, tuple[to
         axes[i, 0].set_ylabel(name, fontsize=8)
     fig.suptitle(title, fontsize=9)
     _save(fig, path)
+
+
+def transferability_heatmap(matrix: dict, path: Path) -> None:
+    """Rows: the teacher the PGD examples were crafted on; columns: the model they are evaluated on (the K
+    teachers, then the student). Cell: attack success rate over the target's clean-correct points."""
+    teachers = matrix.get("teachers") or []
+    if not teachers:
+        fig, ax = plt.subplots(figsize=(4, 1.2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no DARHT teachers in this run", ha="center", va="center")
+        _save(fig, path)
+        return
+    targets = teachers + (["student"] if "success_rate_on_student" in matrix else [])
+    grid = [[(matrix["success_rate"][s].get(t) if t != "student" else matrix["success_rate_on_student"][s])
+             for t in targets] for s in teachers]
+    values = [[float("nan") if v is None else v for v in row] for row in grid]
+    fig, ax = plt.subplots(figsize=(1.3 * len(targets) + 2, 1.1 * len(teachers) + 1.5))
+    im = ax.imshow(values, vmin=0, vmax=1, cmap="viridis")
+    for i, row in enumerate(grid):
+        for j, v in enumerate(row):
+            ax.text(j, i, "n/a" if v is None else f"{100 * v:.0f}%", ha="center", va="center",
+                    color="white" if v is not None and v < 0.6 else "black", fontsize=9)
+    short = lambda n: n.removeprefix("darht_")  # noqa: E731
+    ax.set_xticks(range(len(targets)), [short(t) for t in targets], rotation=30, ha="right")
+    ax.set_yticks(range(len(teachers)), [short(t) for t in teachers])
+    ax.set_xlabel("evaluated on (target)")
+    ax.set_ylabel("crafted on (source)")
+    ax.set_title(f"Adversarial transferability, PGD at ε={matrix['eps']:g}\n(success rate over the target's "
+                 f"clean-correct points)", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    _save(fig, path)

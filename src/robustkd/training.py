@@ -242,6 +242,10 @@ def train(
         raise ProjectError(f"[{role}] purifier training (method purification) calls the purifier inside the model "
                            f"directly, which DistributedDataParallel would not synchronise: run it as one process "
                            f"(`python src/<stage>.py` or `dvc repro`), not under torchrun.")
+    if world > 1 and hasattr(model, "forward_with_map"):
+        raise ProjectError(f"[{role}] the DARHT student's loss calls `forward_with_map` on the model directly, which "
+                           f"DistributedDataParallel would not synchronise: run it as one process "
+                           f"(`python src/student.py` or `dvc repro`), not under torchrun.")
     x_train, y_train = (t.to(device) for t in train_data)
     x_val, y_val = (t.to(device) for t in val_data)
     optimizer = make_optimizer(model, cfg)
@@ -274,6 +278,9 @@ def train(
 
     net = _wrap_for_training(model, device, engine, world)
     live = None  # opened after the first epoch: nothing is written before a training step has succeeded
+    # A loss with a schedule (DARHT) is told the fraction of training done before each step; it depends only on
+    # (epoch, step), so a resumed run follows the same schedule.
+    set_progress = getattr(loss_fn, "set_progress", None)
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         model.train()
@@ -304,6 +311,8 @@ def train(
                 yb = y_train[idx[part]]
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(cfg, epoch * steps_per_epoch + i, total_steps)
+            if set_progress is not None:
+                set_progress((epoch * steps_per_epoch + i) / total_steps)
             try:
                 with autocast_for(device, engine):
                     loss, logits = loss_fn(net, xb, yb)

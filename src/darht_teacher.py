@@ -1,0 +1,26 @@
+"""Stage `darht_teacher@<name>` (a `foreach` over params.yaml `darht.pool`): one DARHT teacher.
+
+    python src/darht_teacher.py <name>
+
+Trains the teacher `darht.pool.<name>` into models/darht/<name>/teacher.pt when the method is darht and the entry
+has `use: true`; otherwise it only writes models/darht/<name>/teacher.json saying why (no torch import: the
+stage costs a fraction of a second, so the default pipeline is not slowed down). See robustkd/darht.py.
+"""
+import sys
+
+from robustkd import darht, params as params_mod
+from robustkd.errors import ProjectError
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 1:
+        sys.exit("usage: python src/darht_teacher.py <name in darht.pool>")
+    try:
+        darht.train_pool_member(params_mod.load("params.yaml"), argv[0])
+    except ProjectError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
