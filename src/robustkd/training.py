@@ -242,7 +242,7 @@ def train(
         raise ProjectError(f"[{role}] purifier training (method purification) calls the purifier inside the model "
                            f"directly, which DistributedDataParallel would not synchronise: run it as one process "
                            f"(`python src/<stage>.py` or `dvc repro`), not under torchrun.")
-    if world > 1 and hasattr(model, "forward_with_map"):
+    if world > 1 and type(getattr(model, "head", None)).__name__ == "FeatureMapHead":
         raise ProjectError(f"[{role}] the DARHT student's loss calls `forward_with_map` on the model directly, which "
                            f"DistributedDataParallel would not synchronise: run it as one process "
                            f"(`python src/student.py` or `dvc repro`), not under torchrun.")
