@@ -39,13 +39,7 @@ def l2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a - b).flatten(1).norm(dim=1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small convs on a shared 2-core box: 2 OpenMP threads were ~50x slower than 1 here."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: 1 thread for small convs
 
 
 @pytest.fixture(scope="module")

@@ -28,12 +28,7 @@ NO_ATTACK = InnerAttack(eps=0.0, steps=1, step_size=0.1)
 META = {"shape": [1, 28, 28], "num_classes": 10, "mean": [0.3], "std": [0.3]}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: 1 thread for small convs
 
 
 def student(k, seed=0, arch="lenet", channels=1, size=28):

@@ -22,12 +22,7 @@ from robustkd.training import TrainConfig, make_optimizer
 ATTACK = InnerAttack(eps=0.1, steps=2, step_size=0.05)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: 1 thread for small convs
 
 
 def classifier(seed=0):
