@@ -15,7 +15,7 @@ from attack_fixtures import (FMNIST_DIR, NoBackward, ScaledLogits, cifar10_model
                              fashion_mnist, fashion_mnist_available, seeded_model, trained_fmnist_model)
 from robustkd.attacks import (LOSSES, attack_in_batches, autoattack, ce_loss, cw_l2, fgsm, frozen, margin_loss,
                               pgd, square, transfer)
-from robustkd.attacks.common import random_delta
+from robustkd.attacks.common import input_grad, project, random_delta
 
 HAVE_FMNIST = fashion_mnist_available()
 needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason=f"real Fashion-MNIST IDX files not found in {FMNIST_DIR}")
@@ -299,6 +299,47 @@ def test_pgd_batch_size_invariance(fmnist_model, fmnist_test):
     # With generator=None the batcher passes none: deterministic attacks batch trivially.
     f1 = attack_in_batches(fgsm, model, x, y, batch_size=7, eps=0.1)
     assert torch.allclose(f1, fgsm(model, x, y, 0.1), atol=1e-6)
+
+
+class RowCounter(nn.Module):
+    """Counts the images that go through the model (forward passes × batch rows)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model, self.rows = model, 0
+
+    def forward(self, x):
+        self.rows += len(x)
+        return self.model(x)
+
+
+@needs_fmnist
+def test_pgd_early_exit_matches_attacking_every_point_every_step(fmnist_model, fmnist_test):
+    """Points leave the batch at their first adversarial iterate; that must not change any point's result
+    against the plain loop (every point, every step, keep the first misclassified iterate), and must save work."""
+    model, (x, y) = fmnist_model, fmnist_test
+    x, y = x[:64], y[:64]
+    eps, steps, step_size = 0.1, 10, 0.025
+    counted = RowCounter(model)
+    fast = pgd(counted, x, y, eps, steps, step_size, restarts=1, generator=gen(3))
+    with frozen(model):
+        x_adv = project(x + random_delta(x, eps, "linf", gen(3)), x, eps, "linf")
+        first = torch.full((len(x),), -1)
+        plain = x_adv.clone()
+        for step in range(steps):
+            grad, logits = input_grad(model, x_adv, y, ce_loss)
+            new = (logits.argmax(1) != y) & (first < 0)
+            plain[new], first[new] = x_adv[new], step
+            x_adv = project(x_adv + step_size * grad.sign(), x, eps, "linf")
+        plain[first < 0] = x_adv[first < 0]
+    with torch.no_grad():
+        assert torch.equal(model(fast).argmax(1), model(plain).argmax(1))
+    assert (fast - plain).abs().max() < 1e-4               # float reassociation in smaller batches only
+    broken_early = (first >= 0).sum().item()
+    assert broken_early > 20                               # the attack breaks many points before the last step
+    # Plain loop: 64 rows × (10 steps + the final check). Early exit: each broken point stops at its step.
+    expected = int((torch.where(first >= 0, first + 1, steps)).sum()) + int((first < 0).sum())
+    assert counted.rows == expected < len(x) * (steps + 1)
 
 
 # ------------------------------------------------ 5. saturated softmax: margin loss vs CE loss

@@ -18,9 +18,12 @@ def test_bench_quick_prints_the_promised_json():
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    for key in ("train_speedup", "attack_speedup", "eval_speedup", "eval_speedup_robust"):
+    for key in ("train_speedup", "attack_speedup", "attack_speedup_robust", "eval_speedup", "eval_speedup_robust"):
         assert result[key] > 0
-    assert result["train"]["engine_images_per_s"] > 0 and result["attack"]["reference_images_per_s"] > 0
+    assert result["train"]["engine_images_per_s"] > 0 and result["train"]["reference_loading_only_images_per_s"] > 0
+    for model in ("natural", "robust"):
+        assert result["attack"][model]["engine_images_per_s"] > 0 and result["attack"][model]["reference_images_per_s"] > 0
+        assert 0 <= result["attack"][model]["engine_robust_acc"] <= 1
     assert set(result["train"]["reference_images_per_s"]) == {"workers_0", "workers_2"}
     # The cascade must not change the per-point worst case, on a weak and on an adversarially trained model.
     assert result["eval_identical_worst_case"] is True

@@ -28,8 +28,10 @@ def _pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: 
 
     keep_first_adversarial=True (evaluation): a point is frozen at the first iterate that the model
     misclassifies -- any misclassified point in the ball is a valid counter-example, and the cheap
-    check reuses the logits of the gradient pass. False (transfer): return the last iterate, which
-    has the highest surrogate loss and transfers better than a barely-misclassified one.
+    check reuses the logits of the gradient pass. Frozen points leave the batch, so later steps cost
+    only the points still standing (the result of every other point is unchanged: each point's
+    iterates depend only on itself). False (transfer): return the last iterate, which has the
+    highest surrogate loss and transfers better than a barely-misclassified one.
     Restarts only re-attack points that are still correctly classified.
     """
     n = len(x)
@@ -46,25 +48,30 @@ def _pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: 
         if random_start:
             x_adv = project(xs + random_delta(xs, eps, norm, g), xs, eps, norm)
         found = torch.zeros(len(xs), dtype=torch.bool, device=x.device)
-        x_found = xs.clone()
+        x_out = xs.clone()                                  # per point: first adversarial, else final iterate
+        active = torch.arange(len(xs), device=x.device)     # rows of xs still being attacked
+        x0, y0 = xs, ys                                     # the active points' clean images and labels
         for _ in range(steps):
-            grad, logits = input_grad(model, x_adv, ys, loss_fn)
+            grad, logits = input_grad(model, x_adv, y0, loss_fn)
             if keep_first_adversarial:
-                new = (logits.argmax(1) != ys) & ~found
-                x_found = torch.where(new.view(-1, 1, 1, 1), x_adv, x_found)  # no host sync on CUDA
-                found |= new
+                new = logits.argmax(1) != y0
+                if bool(new.any()):
+                    x_out[active[new]] = x_adv[new]
+                    found[active[new]] = True
+                    keep = ~new
+                    active, x_adv, x0, y0, grad = active[keep], x_adv[keep], x0[keep], y0[keep], grad[keep]
+                    if len(active) == 0:
+                        break
             # L∞: steepest ascent is the sign; L2: the normalised gradient. A zero gradient
             # (saturated softmax) gives a zero step, which is the masking effect we measure.
             step = grad.sign() if norm == "linf" else normalize_l2(grad)
-            x_adv = project(x_adv + step_size * step, xs, eps, norm).detach()
-        with torch.no_grad():
-            wrong = model(x_adv).argmax(1) != ys
-        if keep_first_adversarial:
-            # Earlier adversarial iterates win; else the final iterate (adversarial or not).
-            x_adv = torch.where(found.view(-1, 1, 1, 1), x_found, x_adv)
-            wrong |= found
-        x_best[todo] = x_adv
-        todo = todo[~wrong]
+            x_adv = project(x_adv + step_size * step, x0, eps, norm).detach()
+        if len(active):
+            with torch.no_grad():
+                found[active] |= model(x_adv).argmax(1) != y0
+            x_out[active] = x_adv
+        x_best[todo] = x_out
+        todo = todo[~found]
         if len(todo) == 0:
             break
     return x_best.detach()
