@@ -5,13 +5,14 @@ data, batch size and steps, in one process, alternating runs (engine, reference,
     python src/bench.py --pipeline      # also: the default `dvc repro` in a fresh clone of HEAD, stage by stage
                                         # (time, peak memory), then `dvc exp run` after an attack-only change
     python src/bench.py --quick         # small sizes, a smoke test of this script (numbers not meaningful)
+    python src/bench.py --pipeline --clone-dir /tmp/bench-clone --json results/bench.json   # the README's run
 
 Compared:
   * training: `robustkd.training.train` (uint8 tensors on the device, batches cast there, channels_last) vs a
     torchvision `FashionMNIST` dataset + `ToTensor` + `DataLoader` loop (the PyTorch tutorial's way);
   * PGD-L∞: `robustkd.attacks.pgd` (model frozen: no weight gradients; channels_last; a point leaves the batch at
     its first adversarial iterate) vs `torchattacks.PGD` (install: `pip install --no-deps torchattacks==3.5.1
-    scipy`), on a natural and on a PGD-AT model;
+    scipy`), on a natural, a defensively distilled (T=20, as the default pipeline) and a PGD-AT model;
   * evaluation: the whole attack suite (`robustkd.evaluation.evaluate`, params.yaml's `attack` group) with and
     without the cascade (`attack.cascade`), which must give the same per-point worst case.
 The last line of output is one JSON object (ratios: higher is better for the engine).
@@ -40,12 +41,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from robustkd import attacks, data, evaluation  # noqa: E402
 from robustkd.diagnostics import worst_case_points  # noqa: E402
 from robustkd.errors import ProjectError  # noqa: E402
-from robustkd.losses import PGDAT, TemperatureCE  # noqa: E402
+from robustkd.io import atomic_write_json  # noqa: E402
+from robustkd.losses import PGDAT, Distillation, TemperatureCE  # noqa: E402
 from robustkd.adversarial import InnerAttack  # noqa: E402
 from robustkd.models import build_model, place  # noqa: E402
 from robustkd.training import TrainConfig, pick_device, to_float, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+MODELS = ("natural", "distilled", "robust")  # the attacked models, in the order measured
 
 
 def log(msg: str) -> None:
@@ -158,19 +161,27 @@ def worst_cases(result: dict, eps_list) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- pipeline
+# Runs a command and writes the peak RSS (KiB) of the largest process under it. A process forked from this one
+# would report at least this process's own size (Linux carries the parent's high-water mark through fork and exec),
+# so the command is started from this small launcher instead.
+_RSS_LAUNCHER = ("import resource, subprocess, sys\n"
+                 "rc = subprocess.call(sys.argv[2:])\n"
+                 "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
+                 "sys.exit(rc)")
+
+
 def run_measured(cmd: list[str], cwd: Path) -> tuple[float, float, str]:
-    """(wall seconds, peak resident MiB of the command and every process it waited for, its stdout)."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:  # files: a full pipe would block
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        if proc.returncode:
-            raise ProjectError(f"`{' '.join(cmd)}` failed in {cwd} (exit {proc.returncode}): {err.read()[-2000:]}")
-        return seconds, usage.ru_maxrss / 1024, out.read()  # ru_maxrss is in KiB on Linux
+    """(wall seconds, peak resident MiB of the largest process the command ran, its stdout)."""
+    with tempfile.TemporaryDirectory() as tmp:  # files, not pipes: a full pipe would block the command
+        out_path, err_path, rss_path = (Path(tmp) / name for name in ("out", "err", "rss"))
+        with open(out_path, "w") as out, open(err_path, "w") as err:
+            t0 = time.perf_counter()
+            returncode = subprocess.call([sys.executable, "-c", _RSS_LAUNCHER, str(rss_path), *cmd], cwd=cwd,
+                                         stdout=out, stderr=err)
+            seconds = time.perf_counter() - t0
+        if returncode:
+            raise ProjectError(f"`{' '.join(cmd)}` failed in {cwd} (exit {returncode}): {err_path.read_text()[-2000:]}")
+        return seconds, int(rss_path.read_text()) / 1024, out_path.read_text()  # ru_maxrss is in KiB on Linux
 
 
 def bench_pipeline(repo: Path, clone: Path) -> dict:
@@ -180,12 +191,12 @@ def bench_pipeline(repo: Path, clone: Path) -> dict:
     subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
     names = subprocess.run(["dvc", "stage", "list", "--names-only"], cwd=clone, check=True, capture_output=True,
                            text=True).stdout.split()  # dvc.yaml's order, which is a topological one here
-    stages = {}
+    stages = []  # a list: the JSON is written with sorted keys, and the pipeline's order matters here
     for stage in names:
         seconds, rss, _ = run_measured(["dvc", "repro", "--single-item", stage], clone)
-        stages[stage] = {"seconds": round(seconds, 1), "peak_rss_mib": round(rss)}
+        stages.append({"stage": stage, "seconds": round(seconds, 1), "peak_rss_mib": round(rss)})
         log(f"pipeline: {stage} {seconds:.1f} s, peak RSS {rss:.0f} MiB")
-    full = sum(s["seconds"] for s in stages.values())
+    full = sum(s["seconds"] for s in stages)
     # Committed, as a researcher would before an experiment: `dvc exp run` starts from the commit's dvc.lock.
     subprocess.run(["git", "add", "-A"], cwd=clone, check=True)
     subprocess.run(["git", "-c", "user.name=bench", "-c", "user.email=bench@robustkd.invalid", "commit", "-qm",
@@ -213,9 +224,13 @@ def main() -> None:
     parser.add_argument("--clone-dir", type=Path, help="--pipeline: clone here and keep it (default: a temporary "
                         "folder); it then holds the default run's outputs")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that the script runs")
+    parser.add_argument("--json", type=Path, help="also write the JSON result here (e.g. results/bench.json; "
+                        "`python src/report.py --bench results/bench.json` renders it)")
     args = parser.parse_args()
     if args.repeats < 1 or args.train_images < 256 or args.attack_images < 10 or min(args.workers) < 0:
         parser.error("--repeats >= 1, --train-images >= 256, --attack-images >= 10, --workers >= 0")
+    if args.json is not None and not args.json.parent.is_dir():
+        parser.error(f"--json {args.json}: folder {args.json.parent} does not exist; create it or give another path")
     if args.clone_dir is not None and args.clone_dir.exists():
         parser.error(f"--clone-dir {args.clone_dir}: already exists; give a new path")
     if args.quick:
@@ -267,10 +282,15 @@ def main() -> None:
                         "reference_loading_only_images_per_s": round(n / statistics.median(loading_s), 1)}
         out["train_speedup"] = round(reference_t[fastest] / engine_t, 3)
 
-        # A model to attack: natural CE for 1 epoch on 12,800 images (the default pipeline's models fall to ~0%
-        # under attack too), and a robust one (PGD-AT) to show what the cascade saves when most points survive.
+        # Models to attack, each 1-2 epochs on 12,800 images: natural CE; defensive distillation at T=20 (the
+        # default pipeline's kind: softmax-CE PGD stalls on it, margin PGD breaks it); PGD-AT, on which most points
+        # survive every attack, so the cascade has little to skip.
         natural = new_model(1, True, device)
         train(natural, TemperatureCE(1.0), (x_train[:n], y_train[:n]), val, cfg, "natural")
+        distill_teacher = new_model(4, True, device)
+        train(distill_teacher, TemperatureCE(20.0), (x_train[:n], y_train[:n]), val, cfg, "teacher_t20")
+        distilled = new_model(5, True, device)
+        train(distilled, Distillation(distill_teacher, 20.0), (x_train[:n], y_train[:n]), val, cfg, "distilled_t20")
         robust = new_model(2, True, device)
         inner = InnerAttack(eps=attack_cfg["headline_eps"], steps=3, step_size=attack_cfg["headline_eps"] / 2)
         train(robust, PGDAT(inner), (x_train[:n], y_train[:n]), val,
@@ -278,12 +298,12 @@ def main() -> None:
 
         # PGD, same points, batch and steps. The engine drops a point from the batch at its first adversarial
         # iterate (torchattacks attacks every point for every step), so the gain depends on how fast points fall:
-        # measured on the natural model (falls fast, as the default pipeline's models do) and the PGD-AT one.
+        # measured on each model.
         m = args.attack_images
         eps, steps, bs = attack_cfg["headline_eps"], attack_cfg["pgd"]["steps"], attack_cfg["batch_size"]
         x_ref = x_test[:m].contiguous()  # what a DataLoader hands over: NCHW-contiguous
         out["attack"] = {"images": m, "eps": eps, "steps": steps, "batch_size": bs}
-        for label, model in (("natural", natural), ("robust", robust)):
+        for label, model in zip(MODELS, (natural, distilled, robust)):
             reference_model = new_model(1, False, device)
             reference_model.load_state_dict(model.state_dict())
             engine_s, reference_s = [], []
@@ -300,6 +320,7 @@ def main() -> None:
                 "speedup": round(statistics.median(reference_s) / statistics.median(engine_s), 3),
                 "engine_robust_acc": round(engine_acc, 4), "reference_robust_acc": round(reference_acc, 4)}
         out["attack_speedup"] = out["attack"]["natural"]["speedup"]
+        out["attack_speedup_distilled"] = out["attack"]["distilled"]["speedup"]
         out["attack_speedup_robust"] = out["attack"]["robust"]["speedup"]
 
         surrogate = new_model(3, True, device)
@@ -310,7 +331,7 @@ def main() -> None:
         with attacks.frozen(surrogate):
             transfer_adv = evaluation.craft_transfer(surrogate, x_test[idx], y_test[idx], attack_cfg)
         out["eval"] = {"points": n_points}
-        for label, model in (("natural", natural), ("robust", robust)):
+        for label, model in zip(MODELS, (natural, distilled, robust)):
             full_s, full = run_suite(model, x_test, y_test, idx, attack_cfg, transfer_adv, cascade=False)
             cascade_s, cascaded = run_suite(model, x_test, y_test, idx, attack_cfg, transfer_adv, cascade=True)
             identical = worst_cases(full, attack_cfg["eps"]) == worst_cases(cascaded, attack_cfg["eps"])
@@ -324,11 +345,14 @@ def main() -> None:
                 "autoattack_points": cascaded["n_evaluated"].get(evaluation.AUTOATTACK, {}).get(head)}
             log(f"eval {label}: full suite {full_s:.1f} s, cascade {cascade_s:.1f} s, identical worst case: {identical}")
         out["eval_speedup"] = out["eval"]["natural"]["speedup"]
+        out["eval_speedup_distilled"] = out["eval"]["distilled"]["speedup"]
         out["eval_speedup_robust"] = out["eval"]["robust"]["speedup"]
-        out["eval_identical_worst_case"] = all(out["eval"][k]["identical_worst_case"] for k in ("natural", "robust"))
+        out["eval_identical_worst_case"] = all(out["eval"][k]["identical_worst_case"] for k in MODELS)
         if args.pipeline:
             clone = args.clone_dir or tmp / "clone"
             out["pipeline"] = bench_pipeline(args.repo, clone)
+    if args.json is not None:
+        atomic_write_json(args.json, out)
     print(json.dumps(out, sort_keys=True))
 
 

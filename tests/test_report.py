@@ -89,3 +89,37 @@ def test_purification_table_orders_models_and_shows_both_protocols():
     assert row["paper: PGD-CE %"] == "55.0" and row["adaptive: PGD-CE %"] == "21.0" and row["paper: FGSM %"] == "n/a"
     assert row["PSNR clean"] == "21.0" and row["SSIM clean"] == "0.812"
     assert dict(zip(header, rows[0].strip("| ").split(" | ")))["PSNR clean"] == "n/a"
+
+
+def bench_result(train_speedup: float, fraction: float, identical: bool = True) -> dict:
+    attack = {"engine_images_per_s": 900.0, "reference_images_per_s": 200.0, "speedup": 4.5,
+              "engine_robust_acc": 0.01, "reference_robust_acc": 0.0}
+    ev = {"cascade_seconds": 10.0, "full_seconds": 30.0, "speedup": 3.0, "identical_worst_case": identical}
+    return {"device": "cpu", "cores": 2, "threads": 2, "torch": "2.x", "train_speedup": train_speedup,
+            "train": {"images": 100, "batch_size": 10, "engine_images_per_s": 1200.0,
+                      "reference_images_per_s": {"workers_0": 1000.0, "workers_2": 800.0},
+                      "reference_loading_only_images_per_s": 9000.0},
+            "attack": {"steps": 10, "eps": 0.1, "natural": attack, "distilled": attack, "robust": {**attack, "speedup": 1.1}},
+            "eval": {"points": 400, "natural": ev, "distilled": ev, "robust": {**ev, "speedup": 1.5}},
+            "pipeline": {"stages": [{"stage": "prepare", "seconds": 5.0, "peak_rss_mib": 300},
+                                    {"stage": "attack", "seconds": 50.0, "peak_rss_mib": 900}],
+                         "full_repro_seconds": 55.0, "attack_only_rerun_seconds": 55.0 * fraction,
+                         "attack_only_fraction": fraction, "attack_only_rerun_stages": ["attack", "metrics"],
+                         "attack_only_rerun_peak_rss_mib": 950}}
+
+
+def test_bench_table_marks_each_target():
+    text = report.bench_table(bench_result(train_speedup=1.2, fraction=0.3))
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("|")}
+    train_row = next(v for k, v in rows.items() if k.startswith("training"))
+    assert "1.20" in train_row and train_row.endswith("**no** |")
+    pgd_natural = next(v for k, v in rows.items() if k.startswith("PGD") and "natural" in k)
+    assert pgd_natural.endswith("| 4.50 | ≥ 1.3 | yes |")
+    assert "| **55.0** | 900 |" in rows["**full default `dvc repro`**"]
+    assert list(rows).index("prepare") < list(rows).index("attack")      # the pipeline's order, not sorted
+    assert "30.0% of the full run (target ≤ 25%: **no**)" in text
+    text = report.bench_table(bench_result(train_speedup=1.6, fraction=0.2, identical=False))
+    assert "≥ 1.5 | yes |" in text and "25%: yes" in text
+    assert "worst case identical: NO" in text  # a cascade that changes the result never counts as met
+    suite_natural = next(line for line in text.splitlines() if line.startswith("| attack suite, natural"))
+    assert "**no**" in suite_natural
