@@ -342,6 +342,27 @@ def test_pgd_early_exit_matches_attacking_every_point_every_step(fmnist_model, f
     assert counted.rows == expected < len(x) * (steps + 1)
 
 
+@needs_fmnist
+def test_autoattack_result_of_a_point_does_not_depend_on_the_other_points(fmnist_model, fmnist_test):
+    """APGD's random start is drawn per point (not per batch row), so attacking a subset (as the evaluation cascade
+    does) gives each of its points the result it gets among all the points: same prediction, same example."""
+    model, (x, y) = fmnist_model, fmnist_test
+    x, y = x[:40], y[:40]
+    kw = dict(eps=0.05, norm="Linf", version="custom", attacks=["apgd-ce", "apgd-dlr"], apgd_restarts=2, seed=0,
+              batch_size=16)
+    every, _ = autoattack(model, x, y, **kw)
+    subset = torch.arange(1, 40, 3)
+    part, _ = autoattack(model, x[subset], y[subset], **kw)
+    with torch.no_grad():
+        assert torch.equal(model(part).argmax(1), model(every[subset]).argmax(1))
+    assert (part - every[subset]).abs().max() < 1e-4                  # float reassociation in other batch sizes only
+    broken = (model(every).argmax(1) != y) & (model(x).argmax(1) == y)
+    assert 3 <= broken.sum() <= 37                                     # starts matter: some points fall, some stand
+    # And the starts are random: another seed gives other examples.
+    other, _ = autoattack(model, x, y, **{**kw, "seed": 1})
+    assert not torch.equal(other, every)
+
+
 # ------------------------------------------------ 5. saturated softmax: margin loss vs CE loss
 @pytest.fixture(scope="module")
 def saturated(fmnist_model, fmnist_test):

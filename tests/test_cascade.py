@@ -1,5 +1,5 @@
-"""The evaluation cascade (`attack.cascade`): AutoAttack, then Square, run only on the points every cheaper
-white-box attack failed on. The per-point worst case must be the one of running everything on everything."""
+"""The evaluation cascade (`attack.cascade`): AutoAttack runs only on the points every cheaper white-box attack
+failed on. The per-point worst case must be the one of running everything on everything."""
 import pytest
 import torch
 
@@ -64,7 +64,9 @@ def test_cascade_runs_the_expensive_attacks_on_the_survivors_only(both):
     key = evaluation.eps_key(0.1)
     assert cascaded["n_evaluated"][evaluation.AUTOATTACK][key] < 64 // 2  # the point of the cascade
     head = evaluation.eps_key(CFG["headline_eps"])
-    assert cascaded["n_evaluated"][evaluation.SQUARE][head] <= cascaded["n_evaluated"][evaluation.AUTOATTACK][head]
+    # Square draws its randomness per batch: it is not cascaded, and gives the same mask either way.
+    assert cascaded["n_evaluated"][evaluation.SQUARE][head] == 64 == full["n_evaluated"][evaluation.SQUARE][head]
+    assert cascaded["linf"][evaluation.SQUARE] == full["linf"][evaluation.SQUARE]
     assert cascaded["cascade"] is True and full["cascade"] is False
 
 
@@ -98,12 +100,26 @@ def test_cascade_bookkeeping_with_a_per_point_deterministic_attack(setting, monk
 
 
 def test_cascade_with_no_survivor_skips_the_expensive_attacks(setting):
-    """At ε = 1 every point falls to the cheap attacks: AutoAttack and Square get no point, and that is fine."""
+    """At ε = 1 every point falls to the cheap attacks: AutoAttack gets no point, and that is fine."""
     model, x, y, idx, transfer_adv = setting
     cfg = {**CFG, "eps": [1.0], "headline_eps": 1.0, "autoattack": {**CFG["autoattack"], "eps": [1.0]}}
     transfer = {evaluation.eps_key(1.0): transfer_adv[evaluation.eps_key(0.1)]}
     with attacks.frozen(model):
         result = evaluation.evaluate(model, "m", x, y, idx, {**cfg, "cascade": True}, transfer)
     key = evaluation.eps_key(1.0)
-    assert result["n_evaluated"] == {evaluation.AUTOATTACK: {key: 0}, evaluation.SQUARE: {key: 0}}
+    assert result["n_evaluated"] == {evaluation.AUTOATTACK: {key: 0}, evaluation.SQUARE: {key: 64}}
     assert result["linf"][evaluation.AUTOATTACK][key] == [0] * 64 == result["linf"][evaluation.SQUARE][key]
+
+
+@pytest.mark.parametrize("version, aa_attacks, cascaded", [
+    ("custom", ["apgd-ce", "apgd-dlr"], True),
+    ("custom", ["apgd-ce", "apgd-t"], True),
+    ("custom", ["apgd-ce", "square"], False),     # Square's squares are drawn per batch
+    ("custom", ["apgd-ce", "fab-t"], False),      # FAB's restarts are drawn per batch
+    ("standard", None, False),
+])
+def test_only_autoattack_with_per_point_randomness_is_cascaded(version, aa_attacks, cascaded):
+    cfg = {**CFG, "cascade": True, "autoattack": {**CFG["autoattack"], "version": version, "attacks": aa_attacks}}
+    assert evaluation.cascades(evaluation.AUTOATTACK, cfg) is cascaded
+    assert evaluation.cascades(evaluation.SQUARE, cfg) is False
+    assert evaluation.cascades(evaluation.AUTOATTACK, {**cfg, "cascade": False}) is False

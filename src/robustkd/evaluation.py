@@ -122,8 +122,19 @@ def purified_image_quality(model: nn.Module, x: torch.Tensor, x_adv: torch.Tenso
             "adversarial": image_quality.summary(purify(model, x_adv, batch_size), x)}
 
 
-# The white-box attacks that run before AutoAttack; Square runs after AutoAttack too.
-CASCADE_BEFORE = {AUTOATTACK: (FGSM_CE, PGD_CE, PGD_MARGIN), SQUARE: (FGSM_CE, PGD_CE, PGD_MARGIN, AUTOATTACK)}
+# The white-box attacks whose survivors AutoAttack is run on. Square is not cascaded: pyautoattack draws its squares
+# per batch, so a point's Square result depends on which points are attacked with it (it runs on every point).
+CASCADE_BEFORE = {AUTOATTACK: (FGSM_CE, PGD_CE, PGD_MARGIN)}
+
+
+def cascades(attack_name: str, cfg: dict) -> bool:
+    """Whether the cascade gives ``attack_name`` only the survivors: AutoAttack, when each point's result does not
+    depend on the other points (custom APGD attacks; not the standard version, whose FAB-T restarts and Square draw
+    randomness per batch)."""
+    if not cfg.get("cascade", False) or attack_name not in CASCADE_BEFORE:
+        return False
+    aa = cfg["autoattack"]
+    return attacks.autoattack_is_per_point(aa["version"], aa["attacks"] if aa["version"] == "custom" else None)
 
 
 def cascade_survivors(linf: dict[str, dict[str, list[int]]], key: str, clean_correct: torch.Tensor,
@@ -154,7 +165,7 @@ def evaluate(model: nn.Module, name: str, x_test: torch.Tensor, y_test: torch.Te
     clean_correct = predict(model, x_test, bs) == y_test
     x, y = x_test[attack_idx], y_test[attack_idx]
     pgd_cfg = cfg["pgd"]
-    cascade = cfg.get("cascade", False)
+    cascade = cascades(AUTOATTACK, cfg)  # recorded: whether AutoAttack was given only the survivors
     linf: dict[str, dict[str, list[int]]] = {a: {} for a in (FGSM_CE, PGD_CE, PGD_MARGIN, TRANSFER)}
     aa_flags: dict[str, list[str]] = {}
     evaluated: dict[str, dict[str, int]] = {}  # expensive attacks: how many points each was run on
@@ -169,10 +180,10 @@ def evaluate(model: nn.Module, name: str, x_test: torch.Tensor, y_test: torch.Te
     for attack_name, eps in tqdm(jobs, desc=f"attack {name}", leave=False):
         key = eps_key(eps)
         if attack_name in (AUTOATTACK, SQUARE):
-            # The cascade: a point that a cheaper white-box attack (or AutoAttack, before Square) already broke
-            # counts as broken; so does one misclassified clean (every attack leaves it wrong anyway).
-            todo = (cascade_survivors(linf, key, clean_attacked, CASCADE_BEFORE[attack_name]) if cascade
-                    else torch.ones(len(y), dtype=torch.bool))
+            # The cascade (AutoAttack only): a point that a cheaper white-box attack already broke counts as
+            # broken; so does one misclassified clean (every attack leaves it wrong anyway).
+            todo = (cascade_survivors(linf, key, clean_attacked, CASCADE_BEFORE[attack_name])
+                    if cascades(attack_name, cfg) else torch.ones(len(y), dtype=torch.bool))
             idx = todo.nonzero().squeeze(1).to(x.device)
             evaluated.setdefault(attack_name, {})[key] = len(idx)
             mask = torch.zeros(len(y), dtype=torch.int)

@@ -1,5 +1,6 @@
 """Adversarial attacks in pixel space ([0, 1] inputs, models return logits). See ``common`` for the contract."""
 from .autoattack import autoattack
+from .autoattack import is_per_point as autoattack_is_per_point
 from .common import (LOSSES, attack_in_batches, ce_loss, frozen, margin_loss, point_generators, project_l2,
                      project_linf)
 from .cw import cw_l2
@@ -8,5 +9,5 @@ from .pgd import pgd
 from .square import square
 from .transfer import transfer
 
-__all__ = ["LOSSES", "attack_in_batches", "autoattack", "ce_loss", "cw_l2", "fgsm", "frozen", "margin_loss", "pgd",
+__all__ = ["LOSSES", "attack_in_batches", "autoattack", "autoattack_is_per_point", "ce_loss", "cw_l2", "fgsm", "frozen", "margin_loss", "pgd",
            "point_generators", "project_l2", "project_linf", "square", "transfer"]

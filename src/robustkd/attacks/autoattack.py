@@ -11,10 +11,17 @@ What pyautoattack 0.2.0 does that this wrapper has to handle (read from its sour
     that calls autograd in its forward would flag every later model as "dynamic": we reset it;
     it also calls ``sys.settrace(None)``, which would switch off a coverage tool or debugger: we
     restore the previous trace function;
-  * it does not put the model in eval mode: we freeze it.
+  * it does not put the model in eval mode: we freeze it;
+  * APGD draws its random start for a whole batch from the reseeded global RNG, so a point's start
+    depends on its row in the batch: running AutoAttack on a subset (the evaluation cascade) would
+    change the start of every point. We give APGD a start drawn from the point's own generator
+    (seeded by the seed, the point's pixels and how many starts it has had), so each point's result
+    does not depend on which other points are attacked with it (``PER_POINT_ATTACKS``).
 """
 from __future__ import annotations
 
+import collections
+import hashlib
 import logging
 import sys
 import warnings
@@ -29,6 +36,49 @@ AA_ATTACKS = ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
 AA_VERSIONS = ("standard", "plus", "rand", "custom")
 AA_NORMS = {"linf": "Linf", "l2": "L2", "l1": "L1"}
 _LOGGER_NAME = "auto-attack"
+# AutoAttack's attacks whose result for a point does not depend on the other points of the batch, once APGD's random
+# start is per point (below). FAB draws random starts per batch from its 2nd restart on, Square draws its squares per
+# batch: with those, attacking a subset changes the results of the points in it.
+PER_POINT_ATTACKS = frozenset({"apgd-ce", "apgd-dlr", "apgd-t"})
+
+
+def is_per_point(version: str, attacks: Optional[Sequence[str]]) -> bool:
+    """Whether AutoAttack with this version / attack list gives each point the same result whatever other points
+    are attacked with it (the condition for running it on a subset, as the evaluation cascade does)."""
+    return version == "custom" and attacks is not None and set(attacks) <= PER_POINT_ATTACKS
+
+
+def point_key(row: torch.Tensor) -> int:
+    """A 63-bit key of one image's exact pixels (float32 bytes): the same image gets the same key anywhere."""
+    digest = hashlib.blake2b(row.detach().to("cpu", torch.float32).contiguous().numpy().tobytes(), digest_size=8)
+    return int.from_bytes(digest.digest(), "little") >> 1
+
+
+class PerPointStarts:
+    """Replaces an APGD object's ``attack_single_run`` so that its random start (the same distribution as APGD's
+    own: uniform in the L∞ ball's directions, Gaussian for L2, scaled to ε) comes from one generator per point,
+    seeded by (seed, the point's pixels, how many starts that point has had), instead of the batch's stream."""
+
+    def __init__(self, apgd, seed: int):
+        self.apgd, self.seed, self.single_run = apgd, seed, apgd.attack_single_run
+        self.starts: collections.Counter = collections.Counter()
+
+    def __call__(self, x, y, x_init=None):
+        if x_init is None and self.apgd.norm in ("Linf", "L2") and x.dim() > self.apgd.ndims:  # a batch, not one image
+            x_init = self.start(x)
+        return self.single_run(x, y, x_init=x_init)
+
+    def start(self, x: torch.Tensor) -> torch.Tensor:
+        noise = []
+        for row in x:
+            key = point_key(row)
+            g = torch.Generator().manual_seed((key ^ (self.seed * 0x9E3779B97F4A7C15 + self.starts[key])) % 2 ** 63)
+            self.starts[key] += 1
+            shape = row.shape
+            noise.append(2 * torch.rand(shape, generator=g) - 1 if self.apgd.norm == "Linf"
+                         else torch.randn(shape, generator=g))
+        t = torch.stack(noise).to(x.device)
+        return x + self.apgd.eps * self.apgd.normalize(t)
 
 
 class _FlagHandler(logging.Handler):
@@ -122,6 +172,8 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n
             adversary = AutoAttack(model, norm=aa_norm, eps=eps, version=version, attacks=attacks,
                                    device=x.device, seed=seed)
             adversary.verbose = verbose
+            for apgd in (adversary.apgd, adversary.apgd_targeted):
+                apgd.attack_single_run = PerPointStarts(apgd, seed)
             if apgd_restarts is not None:
                 if version != "custom":
                     raise ValueError("apgd_restarts is only used with version='custom'")
