@@ -170,8 +170,8 @@ def evaluate(model: nn.Module, name: str, x_test: torch.Tensor, y_test: torch.Te
     aa_flags: dict[str, list[str]] = {}
     evaluated: dict[str, dict[str, int]] = {}  # expensive attacks: how many points each was run on
     precrafted = {TRANSFER: transfer_adv, **(on_classifier["linf"] if on_classifier else {}), **(extra_transfer or {})}
-    # Cheap attacks first, on every point; the expensive ones (AutoAttack, then Square) last, so that the
-    # cascade can give them only the points every cheaper white-box attack failed on.
+    # Cheap attacks first, on every point; AutoAttack after them, so that the cascade can give it only the points
+    # every cheaper white-box attack failed on; Square last, on every point.
     jobs = [(a, eps) for eps in cfg["eps"] for a in (FGSM_CE, PGD_CE, PGD_MARGIN, *precrafted)]
     jobs += [(AUTOATTACK, eps) for eps in cfg["autoattack"]["eps"]]
     if cfg["square"]["n_queries"] > 0:
@@ -182,8 +182,8 @@ def evaluate(model: nn.Module, name: str, x_test: torch.Tensor, y_test: torch.Te
         if attack_name in (AUTOATTACK, SQUARE):
             # The cascade (AutoAttack only): a point that a cheaper white-box attack already broke counts as
             # broken; so does one misclassified clean (every attack leaves it wrong anyway).
-            todo = (cascade_survivors(linf, key, clean_attacked, CASCADE_BEFORE[attack_name])
-                    if cascades(attack_name, cfg) else torch.ones(len(y), dtype=torch.bool))
+            todo = (cascade_survivors(linf, key, clean_attacked, CASCADE_BEFORE[AUTOATTACK])
+                    if cascade and attack_name == AUTOATTACK else torch.ones(len(y), dtype=torch.bool))
             idx = todo.nonzero().squeeze(1).to(x.device)
             evaluated.setdefault(attack_name, {})[key] = len(idx)
             mask = torch.zeros(len(y), dtype=torch.int)
