@@ -123,3 +123,32 @@ def test_only_autoattack_with_per_point_randomness_is_cascaded(version, aa_attac
     assert evaluation.cascades(evaluation.AUTOATTACK, cfg) is cascaded
     assert evaluation.cascades(evaluation.SQUARE, cfg) is False
     assert evaluation.cascades(evaluation.AUTOATTACK, {**cfg, "cascade": False}) is False
+
+
+def test_cascade_runs_cw_only_on_points_correct_clean(setting, monkeypatch):
+    """CW-L2 (minimal L2) is given only the points correct clean; the others need no perturbation (0). The
+    remaining points get the norms of running CW on every point, so the CW summary is unchanged."""
+    from robustkd.diagnostics import cw_summary
+
+    cfg = {**CFG, "eps": [0.02], "autoattack": {**CFG["autoattack"], "eps": []}, "square": {"n_queries": 0},
+           "cw_l2": {**CFG["cw_l2"], "n_points": 64}}
+    seen = []
+    cw_l2 = attacks.cw_l2
+    monkeypatch.setattr(evaluation.attacks, "cw_l2", lambda m, xs, ys, **kw: seen.append(len(xs)) or cw_l2(m, xs, ys, **kw))
+    model, x, y, idx, transfer_adv = setting
+    with attacks.frozen(model):
+        full = evaluation.evaluate(model, "m", x, y, idx, {**cfg, "cascade": False}, transfer_adv)
+        cascaded = evaluation.evaluate(model, "m", x, y, idx, {**cfg, "cascade": True}, transfer_adv)
+    correct = full["attacked_clean_correct"]
+    assert 0 < sum(correct) < 64  # the setting has points misclassified clean
+    assert seen == [64, sum(correct)]
+    assert full["n_evaluated"][evaluation.CW_L2] == {"min_l2": 64}
+    assert cascaded["n_evaluated"][evaluation.CW_L2] == {"min_l2": sum(correct)}
+    for c, a, b in zip(correct, full["cw_l2"]["l2"], cascaded["cw_l2"]["l2"]):
+        if not c:
+            assert a == 0.0 == b
+        elif a is None:
+            assert b is None
+        else:
+            assert b == pytest.approx(a, abs=1e-4)  # float reassociation only: a smaller batch
+    assert cw_summary(cascaded) == pytest.approx(cw_summary(full), abs=1e-3)
