@@ -9,9 +9,17 @@ import pytest
 from conftest import ROOT
 from tiny_repo import env, make_tiny_repo, run
 
-pytestmark = pytest.mark.slow
 
 
+def test_cpu_description_reads_the_model_name_and_the_flags_that_matter():
+    import bench
+    info = "processor\t: 0\nmodel name\t: Some CPU\ncpu family\t: 25\nmodel\t\t: 17\nflags\t\t: fpu avx2 avx512f sse\n" \
+           "\nprocessor\t: 1\nmodel name\t: Some CPU\n"
+    assert bench.cpu_description(info) == {"cpu": "Some CPU (family 25, model 17)", "cpu_flags": ["avx2", "avx512f"]}
+    assert bench.cpu_description("")["cpu_flags"] == []
+
+
+@pytest.mark.slow
 def test_bench_quick_prints_the_promised_json():
     pytest.importorskip("torchattacks")
     proc = subprocess.run([sys.executable, str(ROOT / "src" / "bench.py"), "--quick"], cwd=ROOT, env=env(),
@@ -21,6 +29,7 @@ def test_bench_quick_prints_the_promised_json():
     for key in ("train_speedup", "attack_speedup", "attack_speedup_distilled", "attack_speedup_robust",
                 "eval_speedup", "eval_speedup_distilled", "eval_speedup_robust"):
         assert result[key] > 0
+    assert result["cpu"] and isinstance(result["cpu_flags"], list)  # which processor the speedups belong to
     assert result["train"]["engine_images_per_s"] > 0 and result["train"]["reference_loading_only_images_per_s"] > 0
     for model in ("natural", "distilled", "robust"):
         assert result["attack"][model]["engine_images_per_s"] > 0 and result["attack"][model]["reference_images_per_s"] > 0
@@ -32,6 +41,7 @@ def test_bench_quick_prints_the_promised_json():
         assert result["eval"][model]["autoattack_points"] <= result["eval"]["points"]
 
 
+@pytest.mark.slow
 def test_pipeline_timing_on_a_tiny_repo(tmp_path):
     sys.path.insert(0, str(ROOT / "src"))
     import bench
@@ -45,6 +55,7 @@ def test_pipeline_timing_on_a_tiny_repo(tmp_path):
     # carried over through fork.
     rss = [s["peak_rss_mib"] for s in result["stages"]]
     assert min(rss) > 50 and len(set(rss)) > 1
-    assert result["attack_only_rerun_stages"] == ["attack", "metrics"]
-    assert 0 < result["attack_only_fraction"] < 1
+    assert result["attack_only_rerun_stages"] == ["attack", "metrics"] == result["exp_run"]["stages"]
+    assert result["attack_only_rerun_command"] == "dvc repro"
+    assert 0 < result["attack_only_fraction"] < 1 and 0 < result["exp_run"]["fraction"] < 1
     assert run(["dvc", "status", "-q"], tmp_path / "clone").returncode == 0  # the clone keeps the default run

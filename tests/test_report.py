@@ -105,7 +105,9 @@ def bench_result(train_speedup: float, fraction: float, identical: bool = True) 
                                     {"stage": "attack", "seconds": 50.0, "peak_rss_mib": 900}],
                          "full_repro_seconds": 55.0, "attack_only_rerun_seconds": 55.0 * fraction,
                          "attack_only_fraction": fraction, "attack_only_rerun_stages": ["attack", "metrics"],
-                         "attack_only_rerun_peak_rss_mib": 950}}
+                         "attack_only_rerun_peak_rss_mib": 950, "attack_only_rerun_command": "dvc repro",
+                         "exp_run": {"command": "dvc exp run --temp", "seconds": 20.0, "fraction": 20.0 / 55.0,
+                                     "stages": ["attack", "metrics"], "peak_rss_mib": 960}}}
 
 
 def test_bench_table_marks_each_target():
@@ -117,9 +119,23 @@ def test_bench_table_marks_each_target():
     assert pgd_natural.endswith("| 4.50 | ≥ 1.3 | yes |")
     assert "| **55.0** | 900 |" in rows["**full default `dvc repro`**"]
     assert list(rows).index("prepare") < list(rows).index("attack")      # the pipeline's order, not sorted
-    assert "30.0% of the full run (target ≤ 25%: **no**)" in text
+    assert "Attack-only rerun (`dvc repro`): 30.0% of the full run (target ≤ 25%: **no**); with `dvc exp run --temp`: 36.4%." in text
+    assert "| 20.0 | 960 |" in rows["`dvc exp run --temp` after an attack-only change (reran: attack, metrics)"]
+    old = bench_result(train_speedup=1.6, fraction=0.3)  # results/bench_history: only the exp-run measure, unnamed
+    del old["pipeline"]["attack_only_rerun_command"], old["pipeline"]["exp_run"]
+    assert "Attack-only rerun (`dvc exp run --temp`): 30.0% of the full run (target ≤ 25%: **no**)." in report.bench_table(old)
     text = report.bench_table(bench_result(train_speedup=1.6, fraction=0.2, identical=False))
     assert "≥ 1.5 | yes |" in text and "25%: yes" in text
     assert "worst case identical: NO" in text  # a cascade that changes the result never counts as met
     suite_natural = next(line for line in text.splitlines() if line.startswith("| attack suite, natural"))
     assert "**no**" in suite_natural
+
+
+def test_bench_table_names_the_processor():
+    result = {**bench_result(train_speedup=1.6, fraction=0.2), "cpu": "AMD EPYC (family 25, model 17)",
+              "cpu_flags": ["avx2", "avx512f"]}
+    first = report.bench_table(result).splitlines()[0]
+    assert first == ("Device: cpu, AMD EPYC (family 25, model 17) (flags: avx2, avx512f), 2 cores, 2 threads, "
+                     "torch 2.x.")
+    # Results written before the processor was recorded still render.
+    assert report.bench_table(bench_result(1.6, 0.2)).splitlines()[0] == "Device: cpu, 2 cores, 2 threads, torch 2.x."
