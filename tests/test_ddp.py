@@ -1,10 +1,16 @@
 """torchrun + DistributedDataParallel on CPU (gloo, 2 processes) through the real training loop and stage scripts.
 
 The 2-process run must match a single-process run of the same global batch. Not bitwise: each process sums its
-own share and DDP averages the two gradients, so float additions happen in another order. Measured on this CPU
-(lenet, Adam, 2 epochs, batch 32 split 16 + 16, last batch 8 split 4 + 4, augmentation on): the largest weight
-difference was 1.5e-6 (weights up to 0.21), after epoch 1 and after epoch 2; the tolerance below is
-atol 1e-5 + rtol 1e-4.
+own share and DDP averages the two gradients, so float additions happen in another order. Two tolerances, both
+measured on the 2-core CPU (AMD EPYC):
+- the training loop (tests/ddp_worker.py: lenet, Adam, CE, 2 epochs, batch 32 split 16 + 16, last batch 8 split
+  4 + 4, augmentation on): largest weight difference 3.7e-7 (weights up to 0.21); per element atol 1e-5 + rtol 1e-4.
+- the stage scripts (teacher at T = 20, then an assistant distilled from it): Adam divides each step by the
+  gradient's running RMS, so an element whose gradient is near zero (softmax at T = 20 gives small gradients)
+  turns a 1e-7 reassociation into a step of up to lr; the assistant inherits the teacher's gap. Largest element
+  difference 2.7e-4 (teacher) and 1.3e-2 (assistant), but the whole model's L2 gap is 0.05% (teacher) and 0.30%
+  (assistant) of its weights' norm, which moved 34% and 24% away from their initial values during training; the
+  tolerance is 1% of the norm. A run from another seed is 140% away.
 """
 import json
 import os
@@ -20,7 +26,8 @@ from robustkd.errors import ParamsError
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "ddp_worker.py"
-ATOL, RTOL = 1e-5, 1e-4
+ATOL, RTOL = 1e-5, 1e-4   # per element: the training loop
+STAGE_REL_L2 = 1e-2        # whole model, relative to its weights' norm: the stage scripts
 
 
 def _env():
@@ -48,6 +55,15 @@ def assert_close_weights(got: dict, expected: dict):
     for key in expected:
         assert torch.allclose(got[key], expected[key], atol=ATOL, rtol=RTOL), \
             f"{key}: max diff {(got[key] - expected[key]).abs().max().item():.3g}"
+
+
+def relative_l2_gap(got: dict, expected: dict) -> float:
+    """||got - expected|| / ||expected|| over every float tensor of the state dict taken as one vector."""
+    assert got.keys() == expected.keys()
+    keys = [k for k in expected if expected[k].is_floating_point()]
+    gap = sum(float(((got[k].double() - expected[k].double()) ** 2).sum()) for k in keys)
+    norm = sum(float((expected[k].double() ** 2).sum()) for k in keys)
+    return (gap / norm) ** 0.5
 
 
 def test_two_processes_match_one_process_of_the_same_global_batch(tmp_path):
@@ -108,7 +124,7 @@ def test_stage_rejects_params_unfit_for_the_launch_before_reading_data(monkeypat
 @pytest.mark.slow  # 36 s alone, 100 s with the machine busy
 def test_stage_scripts_run_under_torchrun(tmp_path):
     """`torchrun --nproc_per_node 2 src/teacher.py`, then src/assistant.py (which reads the checkpoint rank 0 just
-    wrote): the same files as the single-process stages, weights within the tolerance above."""
+    wrote): the same files as the single-process stages, weights within the stage tolerance above."""
     from test_reliability import reliability_params
     from tiny_repo import make_tiny_repo
 
@@ -126,4 +142,5 @@ def test_stage_scripts_run_under_torchrun(tmp_path):
     assert not list((repos["ddp"] / ".resume").glob("*"))  # finish_stage ran (on rank 0)
     for ckpt in ("models/teacher.pt", "models/assistants/assistant_1.pt"):
         load = lambda repo: torch.load(repo / ckpt, weights_only=True)["state_dict"]  # noqa: E731
-        assert_close_weights(load(repos["ddp"]), load(repos["single"]))
+        gap = relative_l2_gap(load(repos["ddp"]), load(repos["single"]))
+        assert gap <= STAGE_REL_L2, f"{ckpt}: the 2-process weights are {gap:.2%} away from the 1-process ones"
