@@ -462,6 +462,34 @@ def test_square_uses_no_gradients(fmnist_model, fmnist_test):
     assert robust <= clean - 0.3
 
 
+@needs_fmnist
+def test_square_result_of_a_point_does_not_depend_on_the_other_points(fmnist_model, fmnist_test):
+    """L∞ Square's initial stripes are drawn per point and its squares come from a stream that no longer depends on
+    the batch, so attacking a subset (as the evaluation cascade does) gives each point the example it gets among all
+    the points. Without the per-point stripes (pyautoattack's own draws) the subset's examples differ."""
+    from pyautoattack.square import SquareAttack
+
+    model, (x, y) = fmnist_model, fmnist_test
+    x, y = x[:48], y[:48]
+    every = square(model, x, y, 0.1, n_queries=100, seed=3)
+    subset = torch.arange(2, 48, 3)
+    part = square(model, x[subset], y[subset], 0.1, n_queries=100, seed=3)
+    assert (part - every[subset]).abs().max() < 1e-6
+    with torch.no_grad():
+        assert torch.equal(model(part).argmax(1), model(every[subset]).argmax(1))
+        clean_ok = model(x).argmax(1) == y
+        broken = clean_ok & (model(every).argmax(1) != y)
+    assert 3 <= broken.sum() < clean_ok.sum()                          # some points fall, some stand
+    assert not torch.equal(square(model, x, y, 0.1, n_queries=100, seed=4), every)  # the seed matters
+
+    def official(xs, ys):  # pyautoattack's own random draws, same settings
+        attack = SquareAttack(model, norm="Linf", n_queries=100, eps=0.1, p_init=0.8, n_restarts=1, seed=3,
+                              verbose=False, targeted=False, loss="margin", resc_schedule=True, device=x.device)
+        with torch.no_grad(), torch.random.fork_rng():
+            return attack.perturb(xs, ys)
+    assert (official(x[subset], y[subset]) - official(x, y)[subset]).abs().max() > 0.1  # the failure this prevents
+
+
 # ------------------------------------------------------------------------------------- CUDA
 @needs_cuda
 @pytest.mark.parametrize("name", list(ATTACKS))
