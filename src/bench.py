@@ -15,7 +15,8 @@ Compared:
     its first adversarial iterate) vs `torchattacks.PGD` (install: `pip install --no-deps torchattacks==3.5.1
     scipy`), on a natural, a defensively distilled (T=20, as the default pipeline) and a PGD-AT model;
   * evaluation: the whole attack suite (`robustkd.evaluation.evaluate`, params.yaml's `attack` group) with and
-    without the cascade (`attack.cascade`), which must give the same per-point worst case.
+    without the cascade (`attack.cascade`: AutoAttack and Square only on the points still robust), which must give
+    the same per-point worst case.
 The last line of output is one JSON object (ratios: higher is better for the engine).
 """
 from __future__ import annotations
@@ -386,7 +387,8 @@ def main() -> None:
                 "full_images_per_s": round(n_points / full_s, 2), "cascade_images_per_s": round(n_points / cascade_s, 2),
                 "speedup": round(full_s / cascade_s, 3), "identical_worst_case": identical,
                 "worst_case_headline": worst[head],
-                "autoattack_points": cascaded["n_evaluated"].get(evaluation.AUTOATTACK, {}).get(head)}
+                "autoattack_points": cascaded["n_evaluated"].get(evaluation.AUTOATTACK, {}).get(head),
+                "square_points": cascaded["n_evaluated"].get(evaluation.SQUARE, {}).get(head)}
             log(f"eval {label}: full suite {full_s:.1f} s, cascade {cascade_s:.1f} s, identical worst case: {identical}")
         out["eval_speedup"] = out["eval"]["natural"]["speedup"]
         out["eval_speedup_distilled"] = out["eval"]["distilled"]["speedup"]

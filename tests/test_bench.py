@@ -39,6 +39,7 @@ def test_bench_quick_prints_the_promised_json():
     assert result["eval_identical_worst_case"] is True
     for model in ("natural", "distilled", "robust"):
         assert result["eval"][model]["autoattack_points"] <= result["eval"]["points"]
+        assert result["eval"][model]["square_points"] <= result["eval"]["autoattack_points"]
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """The evaluation cascade (`attack.cascade`): AutoAttack runs only on the points every cheaper white-box attack
-failed on. The per-point worst case must be the one of running everything on everything."""
+failed on, Square only on the points every white-box attack failed on. The per-point worst case must be the one of
+running everything on everything."""
 import pytest
 import torch
 
@@ -64,10 +65,15 @@ def test_cascade_runs_the_expensive_attacks_on_the_survivors_only(both):
     key = evaluation.eps_key(0.1)
     assert cascaded["n_evaluated"][evaluation.AUTOATTACK][key] < 64 // 2  # the point of the cascade
     head = evaluation.eps_key(CFG["headline_eps"])
-    # Square draws its randomness per batch: it is not cascaded, and gives the same mask either way.
-    assert cascaded["n_evaluated"][evaluation.SQUARE][head] == 64 == full["n_evaluated"][evaluation.SQUARE][head]
-    assert cascaded["linf"][evaluation.SQUARE] == full["linf"][evaluation.SQUARE]
-    assert cascaded["cascade"] is True and full["cascade"] is False
+    # Square: only on the points every white-box attack (AutoAttack included) left standing, with the results it
+    # gets among all the points (its randomness is per point).
+    standing = evaluation.cascade_survivors(full["linf"], head, clean, evaluation.CASCADE_BEFORE[evaluation.SQUARE])
+    assert 0 < cascaded["n_evaluated"][evaluation.SQUARE][head] == int(standing.sum()) < 64
+    assert full["n_evaluated"][evaluation.SQUARE][head] == 64
+    sq_full = torch.tensor(full["linf"][evaluation.SQUARE][head], dtype=torch.bool)
+    assert cascaded["linf"][evaluation.SQUARE][head] == (sq_full & standing).int().tolist()
+    assert cascaded["cascade"] == {evaluation.AUTOATTACK: True, evaluation.SQUARE: True}
+    assert full["cascade"] == {evaluation.AUTOATTACK: False, evaluation.SQUARE: False}
 
 
 def test_cheap_attacks_are_unchanged_by_the_cascade(both):
@@ -100,29 +106,31 @@ def test_cascade_bookkeeping_with_a_per_point_deterministic_attack(setting, monk
 
 
 def test_cascade_with_no_survivor_skips_the_expensive_attacks(setting):
-    """At ε = 1 every point falls to the cheap attacks: AutoAttack gets no point, and that is fine."""
+    """At ε = 1 every point falls to the cheap attacks: AutoAttack and Square get no point, and that is fine."""
     model, x, y, idx, transfer_adv = setting
     cfg = {**CFG, "eps": [1.0], "headline_eps": 1.0, "autoattack": {**CFG["autoattack"], "eps": [1.0]}}
     transfer = {evaluation.eps_key(1.0): transfer_adv[evaluation.eps_key(0.1)]}
     with attacks.frozen(model):
         result = evaluation.evaluate(model, "m", x, y, idx, {**cfg, "cascade": True}, transfer)
     key = evaluation.eps_key(1.0)
-    assert result["n_evaluated"] == {evaluation.AUTOATTACK: {key: 0}, evaluation.SQUARE: {key: 64}}
+    assert result["n_evaluated"] == {evaluation.AUTOATTACK: {key: 0}, evaluation.SQUARE: {key: 0}}
     assert result["linf"][evaluation.AUTOATTACK][key] == [0] * 64 == result["linf"][evaluation.SQUARE][key]
 
 
 @pytest.mark.parametrize("version, aa_attacks, cascaded", [
     ("custom", ["apgd-ce", "apgd-dlr"], True),
     ("custom", ["apgd-ce", "apgd-t"], True),
-    ("custom", ["apgd-ce", "square"], False),     # Square's squares are drawn per batch
+    ("custom", ["apgd-ce", "square"], False),     # AutoAttack's own Square: pyautoattack's per-batch draws
     ("custom", ["apgd-ce", "fab-t"], False),      # FAB's restarts are drawn per batch
     ("standard", None, False),
 ])
-def test_only_autoattack_with_per_point_randomness_is_cascaded(version, aa_attacks, cascaded):
+def test_only_attacks_with_per_point_randomness_are_cascaded(version, aa_attacks, cascaded):
     cfg = {**CFG, "cascade": True, "autoattack": {**CFG["autoattack"], "version": version, "attacks": aa_attacks}}
     assert evaluation.cascades(evaluation.AUTOATTACK, cfg) is cascaded
-    assert evaluation.cascades(evaluation.SQUARE, cfg) is False
+    assert evaluation.cascades(evaluation.SQUARE, cfg) is True  # the suite's L∞ Square, per-point stripes
     assert evaluation.cascades(evaluation.AUTOATTACK, {**cfg, "cascade": False}) is False
+    assert evaluation.cascades(evaluation.SQUARE, {**cfg, "cascade": False}) is False
+    assert evaluation.cascades(evaluation.FGSM_CE, cfg) is False
 
 
 def test_cascade_runs_cw_only_on_points_correct_clean(setting, monkeypatch):

@@ -67,6 +67,21 @@ def test_each_check_fires(mutate, expected):
     assert any(expected in s for s in reasons), reasons
 
 
+def test_black_box_check_is_per_point():
+    """Flagged when a black box breaks points every white-box attack left robust (here 5 of 100, while its
+    accuracy alone, 60%, is far above the white-box 27%); not when it breaks only points a white-box attack broke."""
+    r = healthy_result()  # white-box attacks leave the first 27 points robust at ε = 0.1
+    key = eps_key(0.1)
+    r["linf"]["square"][key] = [0] * 5 + [1] * 55 + [0] * 40
+    reasons = masking_reasons(r, THRESHOLDS)
+    assert any("ε=0.1: black-box square breaks 5.0% of the points that every white-box attack" in s
+               and "left robust (27.0%)" in s for s in reasons), reasons
+    r["linf"]["square"][key] = [1] * 27 + [0] * 73  # weaker than PGD overall, but only where white-box won too
+    assert masking_reasons(r, THRESHOLDS) == []
+    r["linf"]["square"][key] = [0] * 2 + [1] * 98  # 2 points: not more than transfer_margin
+    assert masking_reasons(r, THRESHOLDS) == []
+
+
 def test_cw_summary_counts_failures_as_infinite():
     r = healthy_result()  # norms 0.5, 1.5, fail, 0.8 on 4 correctly classified points
     s = cw_summary(r)

@@ -123,17 +123,19 @@ def purified_image_quality(model: nn.Module, x: torch.Tensor, x_adv: torch.Tenso
             "adversarial": image_quality.summary(purify(model, x_adv, batch_size), x)}
 
 
-# The white-box attacks whose survivors AutoAttack is run on. Square is not cascaded: pyautoattack draws its squares
-# per batch, so a point's Square result depends on which points are attacked with it (it runs on every point).
-CASCADE_BEFORE = {AUTOATTACK: (FGSM_CE, PGD_CE, PGD_MARGIN)}
+# The expensive attacks, each with the white-box attacks whose survivors it is run on. Only white-box attacks gate:
+# Square (a black box) then shows what no gradient attack could break.
+CASCADE_BEFORE = {AUTOATTACK: (FGSM_CE, PGD_CE, PGD_MARGIN), SQUARE: (FGSM_CE, PGD_CE, PGD_MARGIN, AUTOATTACK)}
 
 
 def cascades(attack_name: str, cfg: dict) -> bool:
-    """Whether the cascade gives ``attack_name`` only the survivors: AutoAttack, when each point's result does not
-    depend on the other points (custom APGD attacks; not the standard version, whose FAB-T restarts and Square draw
-    randomness per batch)."""
+    """Whether the cascade gives ``attack_name`` only the survivors: an attack of ``CASCADE_BEFORE`` whose result
+    for a point does not depend on the other points. AutoAttack: custom APGD attacks (not the standard version,
+    whose FAB-T restarts and Square draw randomness per batch); Square: L∞ (the suite's), with per-point stripes."""
     if not cfg.get("cascade", False) or attack_name not in CASCADE_BEFORE:
         return False
+    if attack_name == SQUARE:
+        return attacks.square_is_per_point("linf")
     aa = cfg["autoattack"]
     return attacks.autoattack_is_per_point(aa["version"], aa["attacks"] if aa["version"] == "custom" else None)
 
@@ -166,13 +168,13 @@ def evaluate(model: nn.Module, name: str, x_test: torch.Tensor, y_test: torch.Te
     clean_correct = predict(model, x_test, bs) == y_test
     x, y = x_test[attack_idx], y_test[attack_idx]
     pgd_cfg = cfg["pgd"]
-    cascade = cascades(AUTOATTACK, cfg)  # recorded: whether AutoAttack was given only the survivors
+    cascade = {a: cascades(a, cfg) for a in CASCADE_BEFORE}  # recorded: which attacks got only the survivors
     linf: dict[str, dict[str, list[int]]] = {a: {} for a in (FGSM_CE, PGD_CE, PGD_MARGIN, TRANSFER)}
     aa_flags: dict[str, list[str]] = {}
     evaluated: dict[str, dict[str, int]] = {}  # expensive attacks: how many points each was run on
     precrafted = {TRANSFER: transfer_adv, **(on_classifier["linf"] if on_classifier else {}), **(extra_transfer or {})}
     # Cheap attacks first, on every point; AutoAttack after them, so that the cascade can give it only the points
-    # every cheaper white-box attack failed on; Square last, on every point.
+    # every cheaper white-box attack failed on; Square last, on the points every white-box attack failed on.
     jobs = [(a, eps) for eps in cfg["eps"] for a in (FGSM_CE, PGD_CE, PGD_MARGIN, *precrafted)]
     jobs += [(AUTOATTACK, eps) for eps in cfg["autoattack"]["eps"]]
     if cfg["square"]["n_queries"] > 0:
@@ -181,10 +183,10 @@ def evaluate(model: nn.Module, name: str, x_test: torch.Tensor, y_test: torch.Te
     for attack_name, eps in tqdm(jobs, desc=f"attack {name}", leave=False):
         key = eps_key(eps)
         if attack_name in (AUTOATTACK, SQUARE):
-            # The cascade (AutoAttack only): a point that a cheaper white-box attack already broke counts as
-            # broken; so does one misclassified clean (every attack leaves it wrong anyway).
-            todo = (cascade_survivors(linf, key, clean_attacked, CASCADE_BEFORE[AUTOATTACK])
-                    if cascade and attack_name == AUTOATTACK else torch.ones(len(y), dtype=torch.bool))
+            # The cascade: a point that a white-box attack already broke counts as broken; so does one
+            # misclassified clean (every attack leaves it wrong anyway).
+            todo = (cascade_survivors(linf, key, clean_attacked, CASCADE_BEFORE[attack_name])
+                    if cascade[attack_name] else torch.ones(len(y), dtype=torch.bool))
             idx = todo.nonzero().squeeze(1).to(x.device)
             evaluated.setdefault(attack_name, {})[key] = len(idx)
             mask = torch.zeros(len(y), dtype=torch.int)
