@@ -10,13 +10,15 @@ data, batch size and steps, in one process, alternating runs (engine, reference,
 
 Compared:
   * training: `robustkd.training.train` (uint8 tensors on the device, batches cast there, channels_last) vs a
-    torchvision `FashionMNIST` dataset + `ToTensor` + `DataLoader` loop (the PyTorch tutorial's way);
+    torchvision `FashionMNIST` dataset + `ToTensor` + `DataLoader` loop (the PyTorch tutorial's way); also timed,
+    for reference: the reference's data loading alone, and a bare loop over pre-cast tensors in fp32 (the floor
+    under any data path) and under bf16 autocast;
   * PGD-L∞: `robustkd.attacks.pgd` (model frozen: no weight gradients; channels_last; a point leaves the batch at
     its first adversarial iterate) vs `torchattacks.PGD` (install: `pip install --no-deps torchattacks==3.5.1
     scipy`), on a natural, a defensively distilled (T=20, as the default pipeline) and a PGD-AT model;
   * evaluation: the whole attack suite (`robustkd.evaluation.evaluate`, params.yaml's `attack` group) with and
     without the cascade (`attack.cascade`: AutoAttack and Square only on the points still robust), which must give
-    the same per-point worst case.
+    the same per-point worst case; with the seconds of each part of the suite.
 The last line of output is one JSON object (ratios: higher is better for the engine).
 """
 from __future__ import annotations
@@ -114,6 +116,28 @@ def engine_train(x_u8, y, val, cfg: TrainConfig, device) -> float:
     return time.perf_counter() - t0
 
 
+def bare_train(x_u8, y, cfg: TrainConfig, device, bf16: bool) -> float:
+    """The floor under any data path: the same model, optimizer and batches, as float channels_last tensors made
+    before the clock starts; no shuffling, validation or logging. ``bf16``: forward and loss under bf16 autocast
+    (what the engine does on CUDA; on the CPU it keeps fp32, so this is only a measure of what it would give)."""
+    model = new_model(0, True, device)
+    x = to_float(x_u8.to(device)).contiguous(memory_format=torch.channels_last)
+    y = y.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    model.train()
+    t0 = time.perf_counter()
+    for _ in range(cfg.epochs):
+        for i in range(0, len(y), cfg.batch_size):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = F.cross_entropy(model(x[i:i + cfg.batch_size]), y[i:i + cfg.batch_size])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
 def reference_loader(root: Path, n: int, cfg: TrainConfig, workers: int):
     """What the PyTorch tutorials teach: a torchvision dataset, per-sample ToTensor, a DataLoader."""
     from torchvision import datasets, transforms
@@ -176,11 +200,14 @@ def reference_pgd(model, x, y, eps, steps, batch_size) -> tuple[float, float]:
 
 
 # ----------------------------------------------------------------------------------------- evaluation
-def run_suite(model, x_test, y_test, idx, cfg, transfer_adv, cascade: bool) -> tuple[float, dict]:
+def run_suite(model, x_test, y_test, idx, cfg, transfer_adv, cascade: bool) -> tuple[float, dict, dict]:
+    """Seconds, the per-point result, and the seconds of each part (clean accuracy, each attack, sensitivity)."""
+    watch = evaluation.Stopwatch()
     t0 = time.perf_counter()
     with attacks.frozen(model):
-        result = evaluation.evaluate(model, "bench", x_test, y_test, idx, {**cfg, "cascade": cascade}, transfer_adv)
-    return time.perf_counter() - t0, result
+        result = evaluation.evaluate(model, "bench", x_test, y_test, idx, {**cfg, "cascade": cascade}, transfer_adv,
+                                     stopwatch=watch)
+    return time.perf_counter() - t0, result, {k: round(v, 2) for k, v in sorted(watch.seconds.items())}
 
 
 def worst_cases(result: dict, eps_list) -> dict:
@@ -306,14 +333,19 @@ def main() -> None:
                           schedule="constant", augment=False, seed=0)
         val = (raw.test_x[:128], raw.test_y[:128])  # the engine's loop also validates; kept tiny
         engine_s, reference_s, loading_s = [], {w: [] for w in args.workers}, []
+        bare_s: dict[str, list[float]] = {"fp32": [], "bf16": []}
         # Untimed warm-up of both sides: oneDNN builds its kernels for each layout and shape on first use.
         engine_train(x_train[:256], y_train[:256], val, cfg, device)
         reference_train(root, 256, cfg, 0, device)
+        for bf16 in (False, True):
+            bare_train(x_train[:256], y_train[:256], cfg, device, bf16)
         for r in range(args.repeats):
             engine_s.append(engine_train(x_train[:n], y_train[:n], val, cfg, device))
             for w in args.workers:
                 reference_s[w].append(reference_train(root, n, cfg, w, device))
             loading_s.append(reference_loading_only(root, n, cfg))
+            for precision in bare_s:
+                bare_s[precision].append(bare_train(x_train[:n], y_train[:n], cfg, device, precision == "bf16"))
             log(f"train run {r + 1}: engine {n / engine_s[-1]:.0f} img/s, reference "
                 + ", ".join(f"{n / reference_s[w][-1]:.0f} img/s ({w} workers)" for w in args.workers))
         engine_t = statistics.median(engine_s)
@@ -324,7 +356,9 @@ def main() -> None:
                         "reference_images_per_s": {f"workers_{w}": round(n / t, 1) for w, t in reference_t.items()},
                         "speedup_per_reference": {f"workers_{w}": round(t / engine_t, 3) for w, t in reference_t.items()},
                         "fastest_reference_workers": fastest,
-                        "reference_loading_only_images_per_s": round(n / statistics.median(loading_s), 1)}
+                        "reference_loading_only_images_per_s": round(n / statistics.median(loading_s), 1),
+                        "bare_loop_images_per_s": round(n / statistics.median(bare_s["fp32"]), 1),
+                        "bare_loop_bf16_images_per_s": round(n / statistics.median(bare_s["bf16"]), 1)}
         out["train_speedup"] = round(reference_t[fastest] / engine_t, 3)
 
         # Models to attack, each 1-2 epochs on 12,800 images: natural CE; defensive distillation at T=20 (the
@@ -377,8 +411,9 @@ def main() -> None:
             transfer_adv = evaluation.craft_transfer(surrogate, x_test[idx], y_test[idx], attack_cfg)
         out["eval"] = {"points": n_points}
         for label, model in zip(MODELS, (natural, distilled, robust)):
-            full_s, full = run_suite(model, x_test, y_test, idx, attack_cfg, transfer_adv, cascade=False)
-            cascade_s, cascaded = run_suite(model, x_test, y_test, idx, attack_cfg, transfer_adv, cascade=True)
+            full_s, full, full_parts = run_suite(model, x_test, y_test, idx, attack_cfg, transfer_adv, cascade=False)
+            cascade_s, cascaded, cascade_parts = run_suite(model, x_test, y_test, idx, attack_cfg, transfer_adv,
+                                                           cascade=True)
             identical = worst_cases(full, attack_cfg["eps"]) == worst_cases(cascaded, attack_cfg["eps"])
             head = evaluation.eps_key(eps)
             worst = {k: round(sum(v) / len(v), 4) for k, v in worst_cases(cascaded, [eps]).items()}
@@ -388,7 +423,8 @@ def main() -> None:
                 "speedup": round(full_s / cascade_s, 3), "identical_worst_case": identical,
                 "worst_case_headline": worst[head],
                 "autoattack_points": cascaded["n_evaluated"].get(evaluation.AUTOATTACK, {}).get(head),
-                "square_points": cascaded["n_evaluated"].get(evaluation.SQUARE, {}).get(head)}
+                "square_points": cascaded["n_evaluated"].get(evaluation.SQUARE, {}).get(head),
+                "full_parts_seconds": full_parts, "cascade_parts_seconds": cascade_parts}
             log(f"eval {label}: full suite {full_s:.1f} s, cascade {cascade_s:.1f} s, identical worst case: {identical}")
         out["eval_speedup"] = out["eval"]["natural"]["speedup"]
         out["eval_speedup_distilled"] = out["eval"]["distilled"]["speedup"]

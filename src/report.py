@@ -221,6 +221,20 @@ def bench_table(result: dict) -> str:
     lines.append("")
     lines.append(f"The reference loop's data loading alone (0 workers, no model): "
                  f"{train['reference_loading_only_images_per_s']:.0f} images/s.")
+    if "bare_loop_images_per_s" in train:  # runs from 9e979ba on
+        lines[-1] += (f" A bare training loop over pre-cast channels_last tensors (no data path, no validation): "
+                      f"{train['bare_loop_images_per_s']:.0f} images/s in fp32, "
+                      f"{train['bare_loop_bf16_images_per_s']:.0f} under bf16 autocast.")
+    if all("cascade_parts_seconds" in ev[label] for label in BENCH_MODELS):
+        parts = sorted({p for label in BENCH_MODELS for p in ev[label]["full_parts_seconds"]},
+                       key=lambda p: -ev[BENCH_MODELS[0]]["full_parts_seconds"].get(p, 0))
+        lines += ["", "Seconds per part of the attack suite, without / with the cascade:", "",
+                  "| part | " + " | ".join(f"{label} model" for label in BENCH_MODELS) + " |",
+                  "|---|" + "---:|" * len(BENCH_MODELS)]
+        for part in parts:
+            cells = [f"{ev[label]['full_parts_seconds'].get(part, 0):.1f} / "
+                     f"{ev[label]['cascade_parts_seconds'].get(part, 0):.1f}" for label in BENCH_MODELS]
+            lines.append(f"| {part} | " + " | ".join(cells) + " |")
     pipe = result.get("pipeline")
     if pipe:
         lines += ["", "| stage | seconds | peak RSS (MiB) |", "|---|---:|---:|"]

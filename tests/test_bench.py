@@ -39,7 +39,13 @@ def test_bench_quick_prints_the_promised_json():
     assert result["eval_identical_worst_case"] is True
     for model in ("natural", "distilled", "robust"):
         assert result["eval"][model]["autoattack_points"] <= result["eval"]["points"]
-        assert result["eval"][model]["square_points"] <= result["eval"]["autoattack_points"]
+        ev = result["eval"][model]
+        assert ev["square_points"] <= ev["autoattack_points"]
+        # the breakdown: every attack of the suite timed, and the parts add up to no more than the whole
+        assert {"clean", "fgsm_softmax_ce", "pgd_softmax_ce", "autoattack", "square", "sensitivity"} <= set(ev["full_parts_seconds"])
+        assert sum(ev["full_parts_seconds"].values()) <= ev["full_seconds"] + 0.5
+        assert sum(ev["cascade_parts_seconds"].values()) <= ev["cascade_seconds"] + 0.5
+    assert result["train"]["bare_loop_images_per_s"] > 0 and result["train"]["bare_loop_bf16_images_per_s"] > 0
 
 
 @pytest.mark.slow

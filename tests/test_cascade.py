@@ -160,3 +160,17 @@ def test_cascade_runs_cw_only_on_points_correct_clean(setting, monkeypatch):
         else:
             assert b == pytest.approx(a, abs=1e-4)  # float reassociation only: a smaller batch
     assert cw_summary(cascaded) == pytest.approx(cw_summary(full), abs=1e-3)
+
+
+def test_stopwatch_times_each_part_without_changing_the_result(setting):
+    cfg = {**CFG, "eps": [0.02], "autoattack": {**CFG["autoattack"], "eps": [0.02]}, "square": {"n_queries": 10},
+           "cascade": True}
+    model, x, y, idx, transfer_adv = setting
+    watch = evaluation.Stopwatch()
+    with attacks.frozen(model):
+        plain = evaluation.evaluate(model, "m", x, y, idx, cfg, transfer_adv)
+        timed = evaluation.evaluate(model, "m", x, y, idx, cfg, transfer_adv, stopwatch=watch)
+    assert timed == plain
+    assert set(watch.seconds) == {"clean", evaluation.FGSM_CE, evaluation.PGD_CE, evaluation.PGD_MARGIN,
+                                  evaluation.TRANSFER, evaluation.AUTOATTACK, evaluation.SQUARE, "sensitivity"}
+    assert all(s > 0 for s in watch.seconds.values())

@@ -139,3 +139,22 @@ def test_bench_table_names_the_processor():
                      "torch 2.x.")
     # Results written before the processor was recorded still render.
     assert report.bench_table(bench_result(1.6, 0.2)).splitlines()[0] == "Device: cpu, 2 cores, 2 threads, torch 2.x."
+
+
+def test_bench_table_shows_the_training_floor_and_the_suite_breakdown():
+    result = bench_result(train_speedup=1.6, fraction=0.2)
+    assert "bare training loop" not in report.bench_table(result)  # older runs have neither: still render
+    assert "Seconds per part" not in report.bench_table(result)
+    result["train"].update(bare_loop_images_per_s=1250.4, bare_loop_bf16_images_per_s=2100.0)
+    for label, full_aa in (("natural", 12.0), ("distilled", 11.0), ("robust", 9.0)):
+        result["eval"][label] = {**result["eval"][label],
+                                 "full_parts_seconds": {"autoattack": full_aa, "clean": 1.5, "square": 3.0},
+                                 "cascade_parts_seconds": {"autoattack": 2.0, "clean": 1.5, "square": 0.5}}
+    text = report.bench_table(result)
+    assert ("A bare training loop over pre-cast channels_last tensors (no data path, no validation): 1250 images/s "
+            "in fp32, 2100 under bf16 autocast.") in text
+    lines = text.splitlines()
+    head = lines.index("| part | natural model | distilled model | robust model |")
+    assert lines[head + 2:head + 5] == ["| autoattack | 12.0 / 2.0 | 11.0 / 2.0 | 9.0 / 2.0 |",  # costliest first
+                                        "| square | 3.0 / 0.5 | 3.0 / 0.5 | 3.0 / 0.5 |",
+                                        "| clean | 1.5 / 1.5 | 1.5 / 1.5 | 1.5 / 1.5 |"]

@@ -6,7 +6,11 @@ in the README ("Metrics schema").
 """
 from __future__ import annotations
 
+import collections
+import contextlib
 import math
+import time
+
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -153,19 +157,47 @@ def cascade_survivors(linf: dict[str, dict[str, list[int]]], key: str, clean_cor
     return alive
 
 
+class Stopwatch:
+    """Seconds spent on each part of the suite, summed over ε (``evaluate(..., stopwatch=...)``; bench.py's
+    breakdown). On CUDA it waits for the device at both ends, so each part is charged for its own kernels."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = collections.defaultdict(float)
+
+    @contextlib.contextmanager
+    def part(self, name: str, device: torch.device):
+        _sync(device)
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            _sync(device)
+            self.seconds[name] += time.perf_counter() - t0
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def evaluate(model: nn.Module, name: str, x_test: torch.Tensor, y_test: torch.Tensor, attack_idx: torch.Tensor,
              cfg: dict, transfer_adv: dict[str, torch.Tensor], on_classifier: dict | None = None,
-             extra_transfer: dict[str, dict[str, torch.Tensor]] | None = None) -> dict:
+             extra_transfer: dict[str, dict[str, torch.Tensor]] | None = None,
+             stopwatch: Stopwatch | None = None) -> dict:
     """The whole suite on one model. ``x_test`` is float in [0,1]; ``attack_idx`` selects the attacked points.
 
     ``on_classifier`` (purification): examples from :func:`craft_on_classifier`, evaluated as extra attacks.
     ``extra_transfer`` (darht): {attack name: {eps key: x_adv}}, examples crafted on other models (the DARHT
     teachers, ``transfer_<model>``), replayed on this one at every ε. The one named ``transfer_<name>`` was crafted
     on this very model: a white-box attack here (see :func:`is_black_box`).
+    ``stopwatch``: records the seconds of each part (clean accuracy, each attack, sensitivity).
     """
     bs = cfg["batch_size"]
     model.eval()
-    clean_correct = predict(model, x_test, bs) == y_test
+    timed = ((lambda part: stopwatch.part(part, x_test.device)) if stopwatch is not None
+             else (lambda part: contextlib.nullcontext()))
+    with timed("clean"):
+        clean_correct = predict(model, x_test, bs) == y_test
     x, y = x_test[attack_idx], y_test[attack_idx]
     pgd_cfg = cfg["pgd"]
     cascade = {a: cascades(a, cfg) for a in CASCADE_BEFORE}  # recorded: which attacks got only the survivors
@@ -181,45 +213,49 @@ def evaluate(model: nn.Module, name: str, x_test: torch.Tensor, y_test: torch.Te
         jobs.append((SQUARE, cfg["headline_eps"]))
     clean_attacked = clean_correct[attack_idx]
     for attack_name, eps in tqdm(jobs, desc=f"attack {name}", leave=False):
-        key = eps_key(eps)
-        if attack_name in (AUTOATTACK, SQUARE):
-            # The cascade: a point that a white-box attack already broke counts as broken; so does one
-            # misclassified clean (every attack leaves it wrong anyway).
-            todo = (cascade_survivors(linf, key, clean_attacked, CASCADE_BEFORE[attack_name])
-                    if cascade[attack_name] else torch.ones(len(y), dtype=torch.bool))
-            idx = todo.nonzero().squeeze(1).to(x.device)
-            evaluated.setdefault(attack_name, {})[key] = len(idx)
-            mask = torch.zeros(len(y), dtype=torch.int)
-            if attack_name == AUTOATTACK:
-                aa = cfg["autoattack"]
-                custom = aa["version"] == "custom"
-                x_adv, flags = attacks.autoattack(model, x[idx], y[idx], eps=eps, norm="Linf", version=aa["version"],
-                                                  attacks=aa["attacks"] if custom else None, batch_size=bs,
-                                                  seed=cfg["seed"], apgd_restarts=aa["apgd_restarts"] if custom else None)
-                aa_flags[key] = flags
+        with timed(attack_name):
+            key = eps_key(eps)
+            if attack_name in (AUTOATTACK, SQUARE):
+                # The cascade: a point that a white-box attack already broke counts as broken; so does one
+                # misclassified clean (every attack leaves it wrong anyway).
+                todo = (cascade_survivors(linf, key, clean_attacked, CASCADE_BEFORE[attack_name])
+                        if cascade[attack_name] else torch.ones(len(y), dtype=torch.bool))
+                idx = todo.nonzero().squeeze(1).to(x.device)
+                evaluated.setdefault(attack_name, {})[key] = len(idx)
+                mask = torch.zeros(len(y), dtype=torch.int)
+                if attack_name == AUTOATTACK:
+                    aa = cfg["autoattack"]
+                    custom = aa["version"] == "custom"
+                    x_adv, flags = attacks.autoattack(
+                        model, x[idx], y[idx], eps=eps, norm="Linf", version=aa["version"],
+                        attacks=aa["attacks"] if custom else None, batch_size=bs, seed=cfg["seed"],
+                        apgd_restarts=aa["apgd_restarts"] if custom else None)
+                    aa_flags[key] = flags
+                else:
+                    x_adv = attacks.square(model, x[idx], y[idx], eps=eps, n_queries=cfg["square"]["n_queries"],
+                                           seed=cfg["seed"])
+                mask[idx.cpu()] = torch.tensor(robust_mask(model, x_adv, y[idx], bs), dtype=torch.int)
+                linf.setdefault(attack_name, {})[key] = mask.tolist()
+                continue
+            if attack_name == FGSM_CE:
+                x_adv = attacks.attack_in_batches(attacks.fgsm, model, x, y, bs, eps=eps, loss="ce")
+            elif attack_name in (PGD_CE, PGD_MARGIN):
+                x_adv = attacks.attack_in_batches(
+                    attacks.pgd, model, x, y, bs, generator=_generator(cfg), eps=eps, steps=pgd_cfg["steps"],
+                    step_size=pgd_cfg["step_size_ratio"] * eps, norm="linf",
+                    loss="ce" if attack_name == PGD_CE else "margin", restarts=pgd_cfg["restarts"])
             else:
-                x_adv = attacks.square(model, x[idx], y[idx], eps=eps, n_queries=cfg["square"]["n_queries"],
-                                       seed=cfg["seed"])
-            mask[idx.cpu()] = torch.tensor(robust_mask(model, x_adv, y[idx], bs), dtype=torch.int)
-            linf.setdefault(attack_name, {})[key] = mask.tolist()
-            continue
-        if attack_name == FGSM_CE:
-            x_adv = attacks.attack_in_batches(attacks.fgsm, model, x, y, bs, eps=eps, loss="ce")
-        elif attack_name in (PGD_CE, PGD_MARGIN):
-            x_adv = attacks.attack_in_batches(
-                attacks.pgd, model, x, y, bs, generator=_generator(cfg), eps=eps, steps=pgd_cfg["steps"],
-                step_size=pgd_cfg["step_size_ratio"] * eps, norm="linf",
-                loss="ce" if attack_name == PGD_CE else "margin", restarts=pgd_cfg["restarts"])
-        else:
-            x_adv = precrafted[attack_name][key]
-        linf.setdefault(attack_name, {})[key] = robust_mask(model, x_adv, y, bs)
+                x_adv = precrafted[attack_name][key]
+            linf.setdefault(attack_name, {})[key] = robust_mask(model, x_adv, y, bs)
 
     l2: dict[str, dict[str, list[int]]] = {PGD_L2: {}}
     for eps in cfg["pgd_l2"]["eps"]:
-        x_adv = attacks.attack_in_batches(
-            attacks.pgd, model, x, y, bs, generator=_generator(cfg), eps=eps, steps=cfg["pgd_l2"]["steps"],
-            step_size=2.5 * eps / cfg["pgd_l2"]["steps"], norm="l2", loss="margin", restarts=cfg["pgd_l2"]["restarts"])
-        l2[PGD_L2][eps_key(eps)] = robust_mask(model, x_adv, y, bs)
+        with timed(PGD_L2):
+            x_adv = attacks.attack_in_batches(
+                attacks.pgd, model, x, y, bs, generator=_generator(cfg), eps=eps, steps=cfg["pgd_l2"]["steps"],
+                step_size=2.5 * eps / cfg["pgd_l2"]["steps"], norm="l2", loss="margin",
+                restarts=cfg["pgd_l2"]["restarts"])
+            l2[PGD_L2][eps_key(eps)] = robust_mask(model, x_adv, y, bs)
 
     cw = cfg["cw_l2"]
     n_cw = min(cw["n_points"], len(x))
@@ -234,17 +270,22 @@ def evaluate(model: nn.Module, name: str, x_test: torch.Tensor, y_test: torch.Te
         evaluated.setdefault(CW_L2, {})["min_l2"] = len(idx)
         norms = torch.zeros(n_cw, dtype=torch.float64)
         if len(idx):
-            _, found = attacks.cw_l2(model, x[idx], y[idx], steps=cw["steps"],
-                                     binary_search_steps=cw["binary_search_steps"], c_init=cw["c_init"], lr=cw["lr"])
+            with timed(CW_L2):
+                _, found = attacks.cw_l2(model, x[idx], y[idx], steps=cw["steps"], c_init=cw["c_init"], lr=cw["lr"],
+                                         binary_search_steps=cw["binary_search_steps"])
             norms[idx.cpu()] = found.double().cpu()
         cw_norms = [None if not math.isfinite(v) else round(v, 6) for v in norms.tolist()]
     n_sens = min(cfg["sensitivity_points"], len(x))
+    with timed("sensitivity"):
+        sens = sensitivity(model, x[:n_sens], y[:n_sens], bs)
     paper_protocol = None
     if on_classifier:
         x_cw = on_classifier["cw_l2"]
-        paper_protocol = {"cw_l2": robust_mask(model, x_cw, y[:len(x_cw)], bs),
-                          "image_quality": purified_image_quality(
-                              model, x, on_classifier["linf"][CLASSIFIER_PGD_CE][eps_key(cfg["headline_eps"])], bs)}
+        with timed("paper_protocol"):
+            paper_protocol = {"cw_l2": robust_mask(model, x_cw, y[:len(x_cw)], bs),
+                              "image_quality": purified_image_quality(
+                                  model, x, on_classifier["linf"][CLASSIFIER_PGD_CE][eps_key(cfg["headline_eps"])],
+                                  bs)}
     return {
         "model": name,
         "n_test": len(y_test),
@@ -257,6 +298,6 @@ def evaluate(model: nn.Module, name: str, x_test: torch.Tensor, y_test: torch.Te
         "cascade": cascade,
         "n_evaluated": evaluated,
         "cw_l2": {"n_points": n_cw, "l2": cw_norms},
-        "sensitivity": {"n_points": n_sens, **sensitivity(model, x[:n_sens], y[:n_sens], bs)},
+        "sensitivity": {"n_points": n_sens, **sens},
         "paper_protocol": paper_protocol,
     }
