@@ -116,26 +116,33 @@ def engine_train(x_u8, y, val, cfg: TrainConfig, device) -> float:
     return time.perf_counter() - t0
 
 
-def bare_train(x_u8, y, cfg: TrainConfig, device, bf16: bool) -> float:
-    """The floor under any data path: the same model, optimizer and batches, as float channels_last tensors made
-    before the clock starts; no shuffling, validation or logging. ``bf16``: forward and loss under bf16 autocast
-    (what the engine does on CUDA; on the CPU it keeps fp32, so this is only a measure of what it would give)."""
-    model = new_model(0, True, device)
-    x = to_float(x_u8.to(device)).contiguous(memory_format=torch.channels_last)
-    y = y.to(device)
+def plain_loop(model, batches, cfg: TrainConfig, device, bf16: bool = False) -> float:
+    """The loop a researcher writes: Adam, CE, ``batches()`` once per epoch; seconds from the first batch to the
+    last step. ``bf16``: forward and loss under bf16 autocast."""
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    model.train()
     t0 = time.perf_counter()
     for _ in range(cfg.epochs):
-        for i in range(0, len(y), cfg.batch_size):
+        model.train()
+        for xb, yb in batches():
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss = F.cross_entropy(model(x[i:i + cfg.batch_size]), y[i:i + cfg.batch_size])
+                loss = F.cross_entropy(model(xb.to(device)), yb.to(device))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - t0
+
+
+def bare_train(x_u8, y, cfg: TrainConfig, device, bf16: bool) -> float:
+    """The floor under any data path: the same model and loop over float channels_last tensors made before the
+    clock starts; no shuffling, validation or logging. ``bf16``: what the engine does on CUDA (on the CPU it keeps
+    fp32, so there this only measures what bf16 would give)."""
+    x = to_float(x_u8.to(device)).contiguous(memory_format=torch.channels_last)
+    y = y.to(device)
+    bs = cfg.batch_size
+    return plain_loop(new_model(0, True, device), lambda: ((x[i:i + bs], y[i:i + bs]) for i in range(0, len(y), bs)),
+                      cfg, device, bf16)
 
 
 def reference_loader(root: Path, n: int, cfg: TrainConfig, workers: int):
@@ -149,19 +156,8 @@ def reference_loader(root: Path, n: int, cfg: TrainConfig, workers: int):
 
 
 def reference_train(root: Path, n: int, cfg: TrainConfig, workers: int, device) -> float:
-    model = new_model(0, False, device)
     loader = reference_loader(root, n, cfg, workers)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    t0 = time.perf_counter()
-    for _ in range(cfg.epochs):
-        model.train()
-        for xb, yb in loader:
-            xb, yb = xb.to(device), yb.to(device)
-            loss = F.cross_entropy(model(xb), yb)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    return time.perf_counter() - t0
+    return plain_loop(new_model(0, False, device), lambda: loader, cfg, device)
 
 
 def reference_loading_only(root: Path, n: int, cfg: TrainConfig) -> float:

@@ -21,7 +21,6 @@ What pyautoattack 0.2.0 does that this wrapper has to handle (read from its sour
 from __future__ import annotations
 
 import collections
-import hashlib
 import logging
 import sys
 import warnings
@@ -30,7 +29,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from .common import check_eps, check_inputs, check_norm, check_positive_int, frozen
+from .common import check_eps, check_inputs, check_norm, check_positive_int, frozen, point_generator, point_key
 
 AA_ATTACKS = ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
 AA_VERSIONS = ("standard", "plus", "rand", "custom")
@@ -46,12 +45,6 @@ def is_per_point(version: str, attacks: Optional[Sequence[str]]) -> bool:
     """Whether AutoAttack with this version / attack list gives each point the same result whatever other points
     are attacked with it (the condition for running it on a subset, as the evaluation cascade does)."""
     return version == "custom" and attacks is not None and set(attacks) <= PER_POINT_ATTACKS
-
-
-def point_key(row: torch.Tensor) -> int:
-    """A 63-bit key of one image's exact pixels (float32 bytes): the same image gets the same key anywhere."""
-    digest = hashlib.blake2b(row.detach().to("cpu", torch.float32).contiguous().numpy().tobytes(), digest_size=8)
-    return int.from_bytes(digest.digest(), "little") >> 1
 
 
 class PerPointStarts:
@@ -72,7 +65,7 @@ class PerPointStarts:
         noise = []
         for row in x:
             key = point_key(row)
-            g = torch.Generator().manual_seed((key ^ (self.seed * 0x9E3779B97F4A7C15 + self.starts[key])) % 2 ** 63)
+            g = point_generator(key, self.seed, self.starts[key])
             self.starts[key] += 1
             shape = row.shape
             noise.append(2 * torch.rand(shape, generator=g) - 1 if self.apgd.norm == "Linf"

@@ -10,6 +10,7 @@ Contract (torchattacks-style) for every attack in this package:
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Callable, Sequence, Union
 
@@ -188,6 +189,19 @@ def point_generators(n: int, generator: torch.Generator | None, offset: int = 0)
     base = int(torch.randint(0, 2**62, (1,), generator=generator))
     # Golden-ratio multiplier spreads consecutive indices over the seed space.
     return [torch.Generator().manual_seed((base + (offset + i) * 0x9E3779B97F4A7C15) % 2**63) for i in range(n)]
+
+
+def point_key(row: torch.Tensor) -> int:
+    """A 63-bit key of one image's exact pixels (float32 bytes): the same image gets the same key anywhere."""
+    digest = hashlib.blake2b(row.detach().to("cpu", torch.float32).contiguous().numpy().tobytes(), digest_size=8)
+    return int.from_bytes(digest.digest(), "little") >> 1
+
+
+def point_generator(key: int, seed: int, stream: int = 0) -> torch.Generator:
+    """The CPU generator of one point (``point_key``) for an attack's ``seed``; ``stream`` tells apart the point's
+    draws (APGD: its n-th start; Square: a salt). Wrapped attacks draw from it instead of the batch's stream, so a
+    point's randomness does not depend on the points attacked with it."""
+    return torch.Generator().manual_seed((key ^ (seed * 0x9E3779B97F4A7C15 + stream)) % 2 ** 63)
 
 
 def attack_in_batches(attack: Callable, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,

@@ -17,8 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .autoattack import point_key
-from .common import check_eps, check_inputs, check_norm, check_positive_int, frozen
+from .common import check_eps, check_inputs, check_norm, check_positive_int, frozen, point_generator, point_key
 
 _SQUARE_NORMS = {"linf": "Linf", "l2": "L2"}
 _SQUARE_SALT = 0x5175617265  # "Square": its per-point streams differ from APGD's for the same seed and point
@@ -55,8 +54,7 @@ class PerPointStripes:
                                f"{[len(x), x.shape[1], 1, x.shape[3]]}: the per-point wrapper needs updating")
         rows = []
         for row in x:
-            g = torch.Generator().manual_seed((point_key(row) ^ (self.seed * 0x9E3779B97F4A7C15 + _SQUARE_SALT))
-                                              % 2 ** 63)
+            g = point_generator(point_key(row), self.seed, _SQUARE_SALT)
             rows.append(torch.sign(2 * torch.rand(list(shape[1:]), generator=g) - 1))  # Square's own distribution
         return torch.stack(rows).to(x.device)
 
