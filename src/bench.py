@@ -1,10 +1,10 @@
 """Benchmark: this project's engine against the code a researcher would otherwise write, on the same model,
 data, batch size and steps, in one process, alternating runs (engine, reference, engine, reference, ...).
 
-    python src/bench.py                 # training, PGD and evaluation (about 10 min on 2 CPU cores)
+    python src/bench.py                 # training, PGD and evaluation (about 15 min on 2 CPU cores)
     python src/bench.py --pipeline      # also: the default `dvc repro` in a fresh clone of HEAD, stage by stage
                                         # (time, peak memory), then `dvc repro` and `dvc exp run` after an
-                                        # attack-only change
+                                        # attack-only change, and the attack stage with and without the cascade
     python src/bench.py --quick         # small sizes, a smoke test of this script (numbers not meaningful)
     python src/bench.py --pipeline --clone-dir /tmp/bench-clone --json results/bench.json   # the README's run
 
@@ -15,10 +15,12 @@ Compared:
     under any data path) and under bf16 autocast;
   * PGD-L∞: `robustkd.attacks.pgd` (model frozen: no weight gradients; channels_last; a point leaves the batch at
     its first adversarial iterate) vs `torchattacks.PGD` (install: `pip install --no-deps torchattacks==3.5.1
-    scipy`), on a natural, a defensively distilled (T=20, as the default pipeline) and a PGD-AT model;
+    scipy`), on a natural and a defensively distilled model (T = `temperature`), both trained with the default
+    pipeline's teacher / student schedules, and a briefly trained PGD-AT model;
   * evaluation: the whole attack suite (`robustkd.evaluation.evaluate`, params.yaml's `attack` group) with and
     without the cascade (`attack.cascade`: AutoAttack and Square only on the points still robust), which must give
-    the same per-point worst case; with the seconds of each part of the suite.
+    the same per-point worst case; with the seconds of each part of the suite. With --pipeline, also the default
+    run's attack stage (`python src/attack.py` on the models `dvc repro` trained) both ways.
 The last line of output is one JSON object (ratios: higher is better for the engine).
 """
 from __future__ import annotations
@@ -241,6 +243,7 @@ def bench_pipeline(repo: Path, clone: Path) -> dict:
       * `dvc repro` after editing params.yaml, like the full run (then the default run's files are checked out again);
       * `dvc exp run --temp -S attack.seed=...`, the experiment workflow, which adds DVC's experiment bookkeeping
         (a temporary workspace, git refs). The two use different seeds, so neither is served from DVC's run cache.
+    Then the attack stage alone with and without the cascade (:func:`attack_stage_with_and_without_cascade`).
     The clone is left holding the default run's outputs."""
     subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
     names = subprocess.run(["dvc", "stage", "list", "--names-only"], cwd=clone, check=True, capture_output=True,
@@ -267,6 +270,8 @@ def bench_pipeline(repo: Path, clone: Path) -> dict:
     exp_s, exp_rss, exp_stdout = run_measured(["dvc", "exp", "run", "--temp", "-S", f"attack.seed={seed + 2}"], clone)
     log(f"pipeline: dvc exp run --temp after an attack-only change {exp_s:.1f} s")
 
+    attack_stage = attack_stage_with_and_without_cascade(clone)
+
     def reran(text: str) -> list[str]:
         return sorted(set(re.findall(r"Running stage '([^']+)'", text)))
 
@@ -275,7 +280,42 @@ def bench_pipeline(repo: Path, clone: Path) -> dict:
             "attack_only_fraction": round(rerun / full, 3), "attack_only_rerun_stages": reran(stdout),
             "attack_only_rerun_peak_rss_mib": round(rss),
             "exp_run": {"command": "dvc exp run --temp", "seconds": round(exp_s, 1), "fraction": round(exp_s / full, 3),
-                        "stages": reran(exp_stdout), "peak_rss_mib": round(exp_rss)}}
+                        "stages": reran(exp_stdout), "peak_rss_mib": round(exp_rss)},
+            "attack_stage": attack_stage}
+
+
+def set_param(params_path: Path, group: str, key: str, value) -> None:
+    params = yaml.safe_load(params_path.read_text())
+    params[group][key] = value
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def stage_worst_cases(results_dir: Path) -> dict:
+    """{model: {eps key: per-point worst case}} of an attack stage's results/attack/."""
+    out = {}
+    for name in json.loads((results_dir / "index.json").read_text())["models"]:
+        result = json.loads((results_dir / f"{name}.json").read_text())
+        out[name] = worst_cases(result, result["eps"])
+    return out
+
+
+def attack_stage_with_and_without_cascade(clone: Path) -> dict:
+    """The default run's attack stage itself (`python src/attack.py` in the clone, on the models the default
+    pipeline trained), with `attack.cascade` true and then false: seconds of each and whether every model's
+    per-point worst case is the same. The clone's files are checked out again afterwards."""
+    seconds, worst = {}, {}
+    try:
+        for cascade in (True, False):
+            set_param(clone / "params.yaml", "attack", "cascade", cascade)
+            seconds[cascade], _, _ = run_measured([sys.executable, "src/attack.py"], clone)
+            worst[cascade] = stage_worst_cases(clone / "results" / "attack")
+            log(f"pipeline: attack stage, cascade {cascade}: {seconds[cascade]:.1f} s")
+    finally:
+        subprocess.run(["git", "checkout", "-q", "--", "."], cwd=clone, check=True)
+        subprocess.run(["dvc", "checkout", "-q", "--force"], cwd=clone, check=True)
+    return {"command": "python src/attack.py", "models": list(worst[True]),
+            "cascade_seconds": round(seconds[True], 1), "full_seconds": round(seconds[False], 1),
+            "speedup": round(seconds[False] / seconds[True], 3), "identical_worst_case": worst[True] == worst[False]}
 
 
 def main() -> None:
@@ -286,6 +326,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2],
                         help="DataLoader workers of the reference loops (0; 2 as in PyTorch's CIFAR-10 tutorial); "
                              "train_speedup is against the fastest of them")
+    parser.add_argument("--model-images", type=int, help="training images of the attacked natural and distilled "
+                        "models (default: as many as the default pipeline's training split)")
     parser.add_argument("--raw-dir", type=Path, default=ROOT / "data" / "raw")
     parser.add_argument("--pipeline", action="store_true", help="also time the default dvc repro and a rerun")
     parser.add_argument("--repo", type=Path, default=ROOT, help="--pipeline: the git repository whose HEAD is cloned")
@@ -301,8 +343,10 @@ def main() -> None:
         parser.error(f"--json {args.json}: folder {args.json.parent} does not exist; create it or give another path")
     if args.clone_dir is not None and args.clone_dir.exists():
         parser.error(f"--clone-dir {args.clone_dir}: already exists; give a new path")
+    if args.model_images is not None and args.model_images < 256:
+        parser.error("--model-images >= 256")
     if args.quick:
-        args.repeats, args.train_images, args.attack_images = 1, 512, 40
+        args.repeats, args.train_images, args.attack_images, args.model_images = 1, 512, 40, 512
     try:
         import torchattacks  # noqa: F401
     except ImportError:
@@ -315,6 +359,8 @@ def main() -> None:
         attack_cfg = {**attack_cfg, "n_points": 40, "cw_l2": {**attack_cfg["cw_l2"], "n_points": 10},
                       "square": {"n_queries": 20}, "sensitivity_points": 20}
     raw = load_fashion_mnist(args.raw_dir)
+    if args.model_images is None:  # what `prepare` leaves for training after carving out the validation split
+        args.model_images = len(raw.train_y) - params["data"]["val_size"]
     x_train, y_train = raw.train_x, raw.train_y
     x_test, y_test = to_float(raw.test_x).to(device), raw.test_y.to(device)
     log(f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}")
@@ -357,15 +403,30 @@ def main() -> None:
                         "bare_loop_bf16_images_per_s": round(n / statistics.median(bare_s["bf16"]), 1)}
         out["train_speedup"] = round(reference_t[fastest] / engine_t, 3)
 
-        # Models to attack, each 1-2 epochs on 12,800 images: natural CE; defensive distillation at T=20 (the
-        # default pipeline's kind: softmax-CE PGD stalls on it, margin PGD breaks it); PGD-AT, on which most points
-        # survive every attack, so the cascade has little to skip.
+        # Models to attack. Natural CE and defensive distillation (teacher at `temperature`, then a student
+        # distilled from it: softmax-CE PGD stalls on it, margin PGD breaks it) are trained as the default pipeline
+        # trains its teacher and student (params.yaml's schedules, on as many images as its training split), so the
+        # cascade is measured on models like the ones the attack stage gets. PGD-AT, on which most points survive
+        # every attack so the cascade has little to skip, trains briefly (2 epochs of 12,800 images): a longer run
+        # would only make it more robust.
+        m_train = args.model_images
+        pipeline_data = (x_train[:m_train], y_train[:m_train])
+        teacher_cfg = TrainConfig.from_params(params["teacher"], seed=0)
+        student_cfg = TrainConfig.from_params(params["student"], seed=0)
+        temperature = params["temperature"]
         natural = new_model(1, True, device)
-        train(natural, TemperatureCE(1.0), (x_train[:n], y_train[:n]), val, cfg, "natural")
+        train(natural, TemperatureCE(1.0), pipeline_data, val, teacher_cfg, "natural")
         distill_teacher = new_model(4, True, device)
-        train(distill_teacher, TemperatureCE(20.0), (x_train[:n], y_train[:n]), val, cfg, "teacher_t20")
+        train(distill_teacher, TemperatureCE(temperature), pipeline_data, val, teacher_cfg, f"teacher_t{temperature}")
         distilled = new_model(5, True, device)
-        train(distilled, Distillation(distill_teacher, 20.0), (x_train[:n], y_train[:n]), val, cfg, "distilled_t20")
+        train(distilled, Distillation(distill_teacher, temperature), pipeline_data, val, student_cfg,
+              f"distilled_t{temperature}")
+        out["attacked_models"] = {
+            "natural": {"images": len(pipeline_data[1]), "epochs": teacher_cfg.epochs, "schedule": "params.yaml teacher"},
+            "distilled": {"images": len(pipeline_data[1]), "temperature": temperature,
+                          "epochs": [teacher_cfg.epochs, student_cfg.epochs],
+                          "schedule": "params.yaml teacher, then student (no assistant)"},
+            "robust": {"images": n, "epochs": 2, "schedule": "PGD-AT, PGD-3, Adam 3e-3 constant"}}
         robust = new_model(2, True, device)
         inner = InnerAttack(eps=attack_cfg["headline_eps"], steps=3, step_size=attack_cfg["headline_eps"] / 2)
         train(robust, PGDAT(inner), (x_train[:n], y_train[:n]), val,
@@ -429,6 +490,7 @@ def main() -> None:
         if args.pipeline:
             clone = args.clone_dir or tmp / "clone"
             out["pipeline"] = bench_pipeline(args.repo, clone)
+            out["eval_speedup_pipeline"] = out["pipeline"]["attack_stage"]["speedup"]
     if args.json is not None:
         atomic_write_json(args.json, out)
     print(json.dumps(out, sort_keys=True))

@@ -218,7 +218,19 @@ def bench_table(result: dict) -> str:
                      + (f"≥ {BENCH_TARGETS[key]} | " if key else "– | ")
                      + (_met(e["speedup"] >= BENCH_TARGETS[key] and e["identical_worst_case"]) if key else "–")
                      + f" (worst case identical: {'yes' if e['identical_worst_case'] else 'NO'}) |")
+    stage = (result.get("pipeline") or {}).get("attack_stage")
+    if stage:  # runs from this field's introduction on
+        lines.append(f"| default run's attack stage (`{stage['command']}`: {', '.join(stage['models'])}), seconds | "
+                     f"cascade: {stage['cascade_seconds']:.0f} | everything on every point: {stage['full_seconds']:.0f} | "
+                     f"{stage['speedup']:.2f} | – | – (worst case identical: "
+                     f"{'yes' if stage['identical_worst_case'] else 'NO'}) |")
     lines.append("")
+    models = result.get("attacked_models")
+    if models:
+        lines.append("Attacked models: " + "; ".join(
+            f"{label}: {m['schedule']}, {m['epochs'] if isinstance(m['epochs'], int) else ' + '.join(map(str, m['epochs']))}"
+            f" epoch(s) on {m['images']:,} images" for label, m in ((k, models[k]) for k in BENCH_MODELS if k in models)) + ".")
+        lines.append("")
     lines.append(f"The reference loop's data loading alone (0 workers, no model): "
                  f"{train['reference_loading_only_images_per_s']:.0f} images/s.")
     if "bare_loop_images_per_s" in train:  # runs from 9e979ba on

@@ -65,4 +65,9 @@ def test_pipeline_timing_on_a_tiny_repo(tmp_path):
     assert result["attack_only_rerun_stages"] == ["attack", "metrics"] == result["exp_run"]["stages"]
     assert result["attack_only_rerun_command"] == "dvc repro"
     assert 0 < result["attack_only_fraction"] < 1 and 0 < result["exp_run"]["fraction"] < 1
+    # The attack stage alone, with and without the cascade, on the models the tiny default run trained.
+    stage = result["attack_stage"]
+    assert stage["models"][0] == "teacher" and stage["models"][-1] == "student"
+    assert stage["identical_worst_case"] is True
+    assert stage["cascade_seconds"] > 0 and stage["full_seconds"] > 0
     assert run(["dvc", "status", "-q"], tmp_path / "clone").returncode == 0  # the clone keeps the default run

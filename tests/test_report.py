@@ -158,3 +158,21 @@ def test_bench_table_shows_the_training_floor_and_the_suite_breakdown():
     assert lines[head + 2:head + 5] == ["| autoattack | 12.0 / 2.0 | 11.0 / 2.0 | 9.0 / 2.0 |",  # costliest first
                                         "| square | 3.0 / 0.5 | 3.0 / 0.5 | 3.0 / 0.5 |",
                                         "| clean | 1.5 / 1.5 | 1.5 / 1.5 | 1.5 / 1.5 |"]
+
+
+def test_bench_table_shows_the_default_runs_attack_stage_and_the_attacked_models():
+    result = bench_result(train_speedup=1.6, fraction=0.2)
+    assert "default run's attack stage" not in report.bench_table(result)  # older runs: still render
+    result["pipeline"]["attack_stage"] = {"command": "python src/attack.py", "models": ["teacher", "student"],
+                                          "cascade_seconds": 40.2, "full_seconds": 101.7, "speedup": 2.53,
+                                          "identical_worst_case": False}
+    result["attacked_models"] = {
+        "robust": {"images": 12800, "epochs": 2, "schedule": "PGD-AT"},
+        "natural": {"images": 55000, "epochs": 3, "schedule": "params.yaml teacher"},
+        "distilled": {"images": 55000, "epochs": [3, 2], "schedule": "teacher, then student"}}
+    text = report.bench_table(result)
+    row = next(line for line in text.splitlines() if line.startswith("| default run's attack stage"))
+    assert row == ("| default run's attack stage (`python src/attack.py`: teacher, student), seconds | cascade: 40 | "
+                   "everything on every point: 102 | 2.53 | – | – (worst case identical: NO) |")
+    assert ("Attacked models: natural: params.yaml teacher, 3 epoch(s) on 55,000 images; distilled: teacher, then "
+            "student, 3 + 2 epoch(s) on 55,000 images; robust: PGD-AT, 2 epoch(s) on 12,800 images.") in text
