@@ -1,7 +1,7 @@
 """Benchmark: this project's engine against the code a researcher would otherwise write, on the same model,
 data, batch size and steps, in one process, alternating runs (engine, reference, engine, reference, ...).
 
-    python src/bench.py                 # training, PGD and evaluation (about 15 min on 2 CPU cores)
+    python src/bench.py                 # training, PGD and evaluation (about 12 min on 2 CPU cores)
     python src/bench.py --pipeline      # also: the default `dvc repro` in a fresh clone of HEAD, stage by stage
                                         # (time, peak memory), then `dvc repro` and `dvc exp run` after an
                                         # attack-only change, and the attack stage with and without the cascade
