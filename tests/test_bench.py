@@ -46,6 +46,13 @@ def test_bench_quick_prints_the_promised_json():
         assert sum(ev["full_parts_seconds"].values()) <= ev["full_seconds"] + 0.5
         assert sum(ev["cascade_parts_seconds"].values()) <= ev["cascade_seconds"] + 0.5
     assert result["train"]["bare_loop_images_per_s"] > 0 and result["train"]["bare_loop_bf16_images_per_s"] > 0
+    # The natural and distilled models follow the default pipeline's teacher / student schedules (--quick: 512 images).
+    import yaml
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    models = result["attacked_models"]
+    assert models["natural"] == {"images": 512, "epochs": params["teacher"]["epochs"], "schedule": "params.yaml teacher"}
+    assert models["distilled"]["epochs"] == [params["teacher"]["epochs"], params["student"]["epochs"]]
+    assert models["distilled"]["temperature"] == params["temperature"]
 
 
 @pytest.mark.slow
