@@ -258,15 +258,11 @@ def bench_pipeline(repo: Path, clone: Path) -> dict:
     subprocess.run(["git", "add", "-A"], cwd=clone, check=True)
     subprocess.run(["git", "-c", "user.name=bench", "-c", "user.email=bench@robustkd.invalid", "commit", "-qm",
                     "bench: default run"], cwd=clone, check=True)
-    params_path = clone / "params.yaml"
-    params = yaml.safe_load(params_path.read_text())
-    seed = params["attack"]["seed"]
-    params["attack"]["seed"] = seed + 1
-    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    seed = yaml.safe_load((clone / "params.yaml").read_text())["attack"]["seed"]
+    set_param(clone / "params.yaml", "attack", "seed", seed + 1)
     rerun, rss, stdout = run_measured(["dvc", "repro"], clone)
     log(f"pipeline: dvc repro after an attack-only change {rerun:.1f} s (full {full:.1f} s)")
-    subprocess.run(["git", "checkout", "-q", "--", "."], cwd=clone, check=True)
-    subprocess.run(["dvc", "checkout", "-q", "--force"], cwd=clone, check=True)
+    restore_default_run(clone)
     exp_s, exp_rss, exp_stdout = run_measured(["dvc", "exp", "run", "--temp", "-S", f"attack.seed={seed + 2}"], clone)
     log(f"pipeline: dvc exp run --temp after an attack-only change {exp_s:.1f} s")
 
@@ -282,6 +278,12 @@ def bench_pipeline(repo: Path, clone: Path) -> dict:
             "exp_run": {"command": "dvc exp run --temp", "seconds": round(exp_s, 1), "fraction": round(exp_s / full, 3),
                         "stages": reran(exp_stdout), "peak_rss_mib": round(exp_rss)},
             "attack_stage": attack_stage}
+
+
+def restore_default_run(clone: Path) -> None:
+    """Back to the committed default run: params.yaml and the git-tracked outputs, then the DVC-cached ones."""
+    subprocess.run(["git", "checkout", "-q", "--", "."], cwd=clone, check=True)
+    subprocess.run(["dvc", "checkout", "-q", "--force"], cwd=clone, check=True)
 
 
 def set_param(params_path: Path, group: str, key: str, value) -> None:
@@ -311,8 +313,7 @@ def attack_stage_with_and_without_cascade(clone: Path) -> dict:
             worst[cascade] = stage_worst_cases(clone / "results" / "attack")
             log(f"pipeline: attack stage, cascade {cascade}: {seconds[cascade]:.1f} s")
     finally:
-        subprocess.run(["git", "checkout", "-q", "--", "."], cwd=clone, check=True)
-        subprocess.run(["dvc", "checkout", "-q", "--force"], cwd=clone, check=True)
+        restore_default_run(clone)
     return {"command": "python src/attack.py", "models": list(worst[True]),
             "cascade_seconds": round(seconds[True], 1), "full_seconds": round(seconds[False], 1),
             "speedup": round(seconds[False] / seconds[True], 3), "identical_worst_case": worst[True] == worst[False]}
@@ -425,12 +426,14 @@ def main() -> None:
             "natural": {"images": len(pipeline_data[1]), "epochs": teacher_cfg.epochs, "schedule": "params.yaml teacher"},
             "distilled": {"images": len(pipeline_data[1]), "temperature": temperature,
                           "epochs": [teacher_cfg.epochs, student_cfg.epochs],
-                          "schedule": "params.yaml teacher, then student (no assistant)"},
-            "robust": {"images": n, "epochs": 2, "schedule": "PGD-AT, PGD-3, Adam 3e-3 constant"}}
+                          "schedule": "params.yaml teacher, then student (no assistant)"}}
         robust = new_model(2, True, device)
         inner = InnerAttack(eps=attack_cfg["headline_eps"], steps=3, step_size=attack_cfg["headline_eps"] / 2)
-        train(robust, PGDAT(inner), (x_train[:n], y_train[:n]), val,
-              TrainConfig(**{**cfg.__dict__, "epochs": 2}), "pgd_at")
+        robust_cfg = TrainConfig(**{**cfg.__dict__, "epochs": 2})
+        train(robust, PGDAT(inner), (x_train[:n], y_train[:n]), val, robust_cfg, "pgd_at")
+        out["attacked_models"]["robust"] = {
+            "images": n, "epochs": robust_cfg.epochs,
+            "schedule": f"PGD-AT, PGD-{inner.steps}, {robust_cfg.optimizer} {robust_cfg.lr:g} {robust_cfg.schedule}"}
 
         # PGD, same points, batch and steps. The engine drops a point from the batch at its first adversarial
         # iterate (torchattacks attacks every point for every step), so the gain depends on how fast points fall:
