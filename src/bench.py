@@ -9,10 +9,11 @@ data, batch size and steps, in one process, alternating runs (engine, reference,
     python src/bench.py --pipeline --clone-dir /tmp/bench-clone --json results/bench.json   # the README's run
 
 Compared:
-  * training: `robustkd.training.train` (uint8 tensors on the device, batches cast there, channels_last) vs a
-    torchvision `FashionMNIST` dataset + `ToTensor` + `DataLoader` loop (the PyTorch tutorial's way); also timed,
-    for reference: the reference's data loading alone, and a bare loop over pre-cast tensors in fp32 (the floor
-    under any data path) and under bf16 autocast;
+  * training: `robustkd.training.train` as params.yaml's `engine` runs it (uint8 tensors on the device, batches cast
+    there, channels_last, bf16 autocast where the device has native bf16) vs a torchvision `FashionMNIST` dataset +
+    `ToTensor` + `DataLoader` loop in fp32 (the PyTorch tutorial's way); also timed, for reference: the engine with
+    `engine.bf16: false` (fp32, the reference's precision), the reference's data loading alone, and a bare loop
+    over pre-cast tensors in fp32 and under bf16 autocast (the floors under any data path);
   * PGD-L∞: `robustkd.attacks.pgd` (model frozen: no weight gradients; channels_last; a point leaves the batch at
     its first adversarial iterate) vs `torchattacks.PGD` (install: `pip install --no-deps torchattacks==3.5.1
     scipy`), on a natural and a defensively distilled model (T = `temperature`), both trained with the default
@@ -51,7 +52,7 @@ from robustkd.io import atomic_write_json  # noqa: E402
 from robustkd.losses import PGDAT, Distillation, TemperatureCE  # noqa: E402
 from robustkd.adversarial import InnerAttack  # noqa: E402
 from robustkd.models import build_model, place  # noqa: E402
-from robustkd.training import TrainConfig, pick_device, to_float, train  # noqa: E402
+from robustkd.training import Engine, TrainConfig, pick_device, precision_name, to_float, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ("natural", "distilled", "robust")  # the attacked models, in the order measured
@@ -111,10 +112,10 @@ def new_model(seed: int, channels_last: bool, device: torch.device):
 
 
 # ------------------------------------------------------------------------------------------- training
-def engine_train(x_u8, y, val, cfg: TrainConfig, device) -> float:
+def engine_train(x_u8, y, val, cfg: TrainConfig, device, engine: Engine) -> float:
     model = new_model(0, True, device)
     t0 = time.perf_counter()
-    train(model, TemperatureCE(1.0), (x_u8, y), val, cfg, "bench")
+    train(model, TemperatureCE(1.0), (x_u8, y), val, cfg, "bench", engine=engine)
     return time.perf_counter() - t0
 
 
@@ -138,8 +139,8 @@ def plain_loop(model, batches, cfg: TrainConfig, device, bf16: bool = False) -> 
 
 def bare_train(x_u8, y, cfg: TrainConfig, device, bf16: bool) -> float:
     """The floor under any data path: the same model and loop over float channels_last tensors made before the
-    clock starts; no shuffling, validation or logging. ``bf16``: what the engine does on CUDA (on the CPU it keeps
-    fp32, so there this only measures what bf16 would give)."""
+    clock starts; no shuffling, validation or logging. ``bf16``: under bf16 autocast, as the engine trains where the
+    device has native bf16."""
     x = to_float(x_u8.to(device)).contiguous(memory_format=torch.channels_last)
     y = y.to(device)
     bs = cfg.batch_size
@@ -375,27 +376,35 @@ def main() -> None:
         cfg = TrainConfig(epochs=1, batch_size=128, optimizer="adam", lr=3e-3, momentum=0.0, weight_decay=0.0,
                           schedule="constant", augment=False, seed=0)
         val = (raw.test_x[:128], raw.test_y[:128])  # the engine's loop also validates; kept tiny
-        engine_s, reference_s, loading_s = [], {w: [] for w in args.workers}, []
+        engine = Engine.from_params(params["engine"])  # as the pipeline's training stages run
+        fp32_engine = Engine(bf16=False, compile=engine.compile)
+        engine_s, engine_fp32_s, reference_s, loading_s = [], [], {w: [] for w in args.workers}, []
         bare_s: dict[str, list[float]] = {"fp32": [], "bf16": []}
         # Untimed warm-up of both sides: oneDNN builds its kernels for each layout and shape on first use.
-        engine_train(x_train[:256], y_train[:256], val, cfg, device)
+        for e in (engine, fp32_engine):
+            engine_train(x_train[:256], y_train[:256], val, cfg, device, e)
         reference_train(root, 256, cfg, 0, device)
         for bf16 in (False, True):
             bare_train(x_train[:256], y_train[:256], cfg, device, bf16)
         for r in range(args.repeats):
-            engine_s.append(engine_train(x_train[:n], y_train[:n], val, cfg, device))
+            engine_s.append(engine_train(x_train[:n], y_train[:n], val, cfg, device, engine))
+            engine_fp32_s.append(engine_train(x_train[:n], y_train[:n], val, cfg, device, fp32_engine))
             for w in args.workers:
                 reference_s[w].append(reference_train(root, n, cfg, w, device))
             loading_s.append(reference_loading_only(root, n, cfg))
             for precision in bare_s:
                 bare_s[precision].append(bare_train(x_train[:n], y_train[:n], cfg, device, precision == "bf16"))
-            log(f"train run {r + 1}: engine {n / engine_s[-1]:.0f} img/s, reference "
+            log(f"train run {r + 1}: engine {n / engine_s[-1]:.0f} img/s ({precision_name(device, engine)}), "
+                f"fp32 engine {n / engine_fp32_s[-1]:.0f} img/s, reference "
                 + ", ".join(f"{n / reference_s[w][-1]:.0f} img/s ({w} workers)" for w in args.workers))
-        engine_t = statistics.median(engine_s)
+        engine_t, engine_fp32_t = statistics.median(engine_s), statistics.median(engine_fp32_s)
         reference_t = {w: statistics.median(v) for w, v in reference_s.items()}
         fastest = min(reference_t, key=reference_t.get)
         out["train"] = {"images": n, "batch_size": cfg.batch_size, "epochs": cfg.epochs,
+                        "engine_precision": precision_name(device, engine),
                         "engine_images_per_s": round(n / engine_t, 1),
+                        "engine_fp32_images_per_s": round(n / engine_fp32_t, 1),
+                        "speedup_fp32_engine": round(reference_t[fastest] / engine_fp32_t, 3),
                         "reference_images_per_s": {f"workers_{w}": round(n / t, 1) for w, t in reference_t.items()},
                         "speedup_per_reference": {f"workers_{w}": round(t / engine_t, 3) for w, t in reference_t.items()},
                         "fastest_reference_workers": fastest,

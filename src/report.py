@@ -191,6 +191,7 @@ def bench_table(result: dict) -> str:
     """src/bench.py's last output line as Markdown: engine vs reference, then the pipeline's stages."""
     train, attack, ev = result["train"], result["attack"], result["eval"]
     refs = train["reference_images_per_s"]
+    reference = "DataLoader: " + ", ".join(f"{v:.0f} ({k.split('_')[1]} workers)" for k, v in sorted(refs.items()))
     cpu = f", {result['cpu']}" if result.get("cpu") else ""
     flags = f" (flags: {', '.join(result['cpu_flags']) or 'none of avx2, avx512'})" if "cpu_flags" in result else ""
     lines = [f"Device: {result['device']}{cpu}{flags}, {result['cores']} cores, {result['threads']} threads, "
@@ -199,10 +200,13 @@ def bench_table(result: dict) -> str:
              "| measure | this engine | reference | speedup | target | met |",
              "|---|---:|---:|---:|---:|---|",
              f"| training, images/s ({train['images']} images, batch {train['batch_size']}) | "
-             f"{train['engine_images_per_s']:.0f} | DataLoader: "
-             + ", ".join(f"{v:.0f} ({k.split('_')[1]} workers)" for k, v in sorted(refs.items()))
-             + f" | {result['train_speedup']:.2f} | ≥ {BENCH_TARGETS['train_speedup']} | "
+             f"{train['engine_images_per_s']:.0f}"
+             + (f" ({train['engine_precision']})" if "engine_precision" in train else "")  # runs from its addition on
+             + f" | {reference} | {result['train_speedup']:.2f} | ≥ {BENCH_TARGETS['train_speedup']} | "
              f"{_met(result['train_speedup'] >= BENCH_TARGETS['train_speedup'])} |"]
+    if "engine_fp32_images_per_s" in train:
+        lines.append(f"| training, the engine in fp32 (`engine.bf16: false`), images/s | "
+                     f"{train['engine_fp32_images_per_s']:.0f} | {reference} | {train['speedup_fp32_engine']:.2f} | – | – |")
     for label in BENCH_MODELS:
         a = attack[label]
         key = "attack_speedup" if label == "natural" else None

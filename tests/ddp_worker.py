@@ -1,6 +1,7 @@
 """Run the real training loop on toy data, as one process (`python`) or under `torchrun`; used by tests/test_ddp.py.
 
-    python tests/ddp_worker.py OUT LOSS [BATCH_SIZE]     # LOSS: ce | trades; writes OUT/weights.pt (rank 0)
+    python tests/ddp_worker.py OUT LOSS [BATCH_SIZE [BF16]]   # LOSS: ce | trades; BF16: 1 (engine default) | 0
+                                                              # writes OUT/weights.pt (rank 0)
 """
 import sys
 from pathlib import Path
@@ -16,11 +17,11 @@ from robustkd.adversarial import InnerAttack  # noqa: E402
 from robustkd.io import atomic_torch_save, atomic_write_json  # noqa: E402
 from robustkd.losses import TRADES, TemperatureCE  # noqa: E402
 from robustkd.models import build_model, place  # noqa: E402
-from robustkd.training import TrainConfig, pick_device, train  # noqa: E402
+from robustkd.training import Engine, TrainConfig, pick_device, precision_name, train  # noqa: E402
 from test_training import toy_data  # noqa: E402
 
 
-def main(out: Path, loss_name: str, batch_size: int) -> None:
+def main(out: Path, loss_name: str, batch_size: int, bf16: bool) -> None:
     torch.set_num_threads(1)
     device = pick_device()
     torch.manual_seed(0)
@@ -31,7 +32,7 @@ def main(out: Path, loss_name: str, batch_size: int) -> None:
     cfg = TrainConfig(epochs=2, batch_size=batch_size, optimizer="adam", lr=2e-3, momentum=0.9, weight_decay=0.0,
                       schedule="cosine", augment=True, seed=0)
     result = train(model, loss, toy_data(200, 0), toy_data(60, 1), cfg, "ddp", live_dir=out / "live",
-                   resume_path=out / "resume.pt", run_id="ddp-test")
+                   resume_path=out / "resume.pt", run_id="ddp-test", engine=Engine(bf16=bf16))
     # every process must end with the same weights: compare each one's to rank 0's
     state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
     gathered = distributed.all_gather_object(state)
@@ -39,10 +40,12 @@ def main(out: Path, loss_name: str, batch_size: int) -> None:
     if distributed.is_main():
         atomic_torch_save(state, out / "weights.pt")
         atomic_write_json(out / "result.json", {"history": result.history, "best_epoch": result.best_epoch,
-                                                "world_size": len(gathered), "ranks_agree": same})
+                                                "world_size": len(gathered), "ranks_agree": same,
+                                                "precision": precision_name(device, Engine(bf16=bf16))})
     distributed.barrier()
     distributed.shutdown()
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 32)
+    main(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 32,
+         sys.argv[4] != "0" if len(sys.argv) > 4 else True)

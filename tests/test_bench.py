@@ -5,10 +5,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import ROOT
 from tiny_repo import env, make_tiny_repo, run
-
 
 
 def test_cpu_description_reads_the_model_name_and_the_flags_that_matter():
@@ -46,6 +46,10 @@ def test_bench_quick_prints_the_promised_json():
         assert sum(ev["full_parts_seconds"].values()) <= ev["full_seconds"] + 0.5
         assert sum(ev["cascade_parts_seconds"].values()) <= ev["cascade_seconds"] + 0.5
     assert result["train"]["bare_loop_images_per_s"] > 0 and result["train"]["bare_loop_bf16_images_per_s"] > 0
+    # train_speedup is the engine as params.yaml runs it; its precision is named, and the fp32 engine timed beside it
+    from robustkd.training import Engine, precision_name
+    assert result["train"]["engine_precision"] == precision_name(torch.device(result["device"]), Engine())
+    assert result["train"]["engine_fp32_images_per_s"] > 0 and result["train"]["speedup_fp32_engine"] > 0
     # The natural and distilled models follow the default pipeline's teacher / student schedules (--quick: 512 images).
     import yaml
     params = yaml.safe_load((ROOT / "params.yaml").read_text())

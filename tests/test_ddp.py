@@ -5,6 +5,9 @@ own share and DDP averages the two gradients, so float additions happen in anoth
 measured on the 2-core CPU (AMD EPYC):
 - the training loop (tests/ddp_worker.py: lenet, Adam, CE, 2 epochs, batch 32 split 16 + 16, last batch 8 split
   4 + 4, augmentation on): largest weight difference 3.7e-7 (weights up to 0.21); per element atol 1e-5 + rtol 1e-4.
+  Under bf16 autocast (the engine's default on a CPU with native bf16) each reassociated sum is rounded to bf16's
+  8 bits in the next forward pass: largest difference 2.1e-3, but the whole model's L2 gap is 0.17% of its weights'
+  norm; the tolerance is 1%.
 - the stage scripts (teacher at T = 20, then an assistant distilled from it): Adam divides each step by the
   gradient's running RMS, so an element whose gradient is near zero (softmax at T = 20 gives small gradients)
   turns a 1e-7 reassociation into a step of up to lr; the assistant inherits the teacher's gap. Largest element
@@ -23,11 +26,13 @@ import torch
 
 from robustkd import distributed
 from robustkd.errors import ParamsError
+from robustkd.training import Engine, precision_name
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "ddp_worker.py"
 ATOL, RTOL = 1e-5, 1e-4   # per element: the training loop
 STAGE_REL_L2 = 1e-2        # whole model, relative to its weights' norm: the stage scripts
+BF16_REL_L2 = 1e-2         # whole model: the training loop under bf16 autocast
 
 
 def _env():
@@ -66,21 +71,31 @@ def relative_l2_gap(got: dict, expected: dict) -> float:
     return (gap / norm) ** 0.5
 
 
-def test_two_processes_match_one_process_of_the_same_global_batch(tmp_path):
-    _run([sys.executable, WORKER, tmp_path / "single", "ce"])
-    _run(torchrun(WORKER, tmp_path / "ddp", "ce"))
+@pytest.mark.parametrize("bf16", ["0", "1"])
+def test_two_processes_match_one_process_of_the_same_global_batch(tmp_path, bf16):
+    """bf16 "0": fp32, the per-element tolerance. "1": the engine's default, bf16 autocast where the CPU has native
+    bf16 (else fp32 again), the bf16 tolerance."""
+    _run([sys.executable, WORKER, tmp_path / "single", "ce", "32", bf16])
+    _run(torchrun(WORKER, tmp_path / "ddp", "ce", "32", bf16))
     single, single_info = trained(tmp_path / "single")
     ddp, ddp_info = trained(tmp_path / "ddp")
     assert single_info["world_size"] == 1 and ddp_info["world_size"] == 2
     assert ddp_info["ranks_agree"]  # DDP kept the two processes' weights identical
-    assert_close_weights(ddp, single)  # the kept (best-validation) epoch's weights
+    assert ddp_info["precision"] == single_info["precision"] == ("fp32" if bf16 == "0" else
+                                                                 precision_name(torch.device("cpu"), Engine()))
+    exact = ddp_info["precision"] == "fp32"
     last = lambda run: torch.load(tmp_path / run / "resume.pt", weights_only=True)  # noqa: E731
     assert last("ddp")["epoch"] == last("single")["epoch"] == 2
-    assert_close_weights(last("ddp")["model"], last("single")["model"])  # and the last epoch's
+    for got, expected in ((ddp, single), (last("ddp")["model"], last("single")["model"])):  # kept epoch's, last epoch's
+        if exact:
+            assert_close_weights(got, expected)
+        else:
+            assert relative_l2_gap(got, expected) < BF16_REL_L2
     assert ddp_info["best_epoch"] == single_info["best_epoch"]
     for a, b in zip(ddp_info["history"], single_info["history"]):
-        assert a["val_acc"] == b["val_acc"] and a["train_acc"] == b["train_acc"]  # counts summed over processes
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        if exact:
+            assert a["val_acc"] == b["val_acc"] and a["train_acc"] == b["train_acc"]  # counts summed over processes
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5 if exact else 1e-3)
     # only rank 0 wrote the resume file and the dvclive log (one line per epoch, no duplicates)
     assert (tmp_path / "ddp" / "resume.pt").is_file()
     assert (tmp_path / "ddp" / "live" / "plots" / "metrics" / "val_acc.tsv").read_text().count("\n") == 3
@@ -124,12 +139,15 @@ def test_stage_rejects_params_unfit_for_the_launch_before_reading_data(monkeypat
 @pytest.mark.slow  # 36 s alone, 100 s with the machine busy
 def test_stage_scripts_run_under_torchrun(tmp_path):
     """`torchrun --nproc_per_node 2 src/teacher.py`, then src/assistant.py (which reads the checkpoint rank 0 just
-    wrote): the same files as the single-process stages, weights within the stage tolerance above."""
+    wrote): the same files as the single-process stages, weights within the stage tolerance above. In fp32: under
+    bf16 autocast the teacher's gap grows to 4% (T = 20 amplifies each bf16 rounding through Adam, as above), which
+    would hide a real error; the bf16 path under DDP is tested on the training loop."""
     from test_reliability import reliability_params
     from tiny_repo import make_tiny_repo
 
     params = reliability_params()
     params["teacher"].update(epochs=2)
+    params["engine"]["bf16"] = False
     repos = {name: make_tiny_repo(tmp_path / name, params) for name in ("single", "ddp")}
     for name, repo in repos.items():
         _run([sys.executable, "src/prepare.py"], cwd=repo)

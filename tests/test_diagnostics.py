@@ -30,7 +30,8 @@ def healthy_result() -> dict:
         "autoattack_flags": {}, "cw_l2": {"n_points": 4, "l2": [0.5, 1.5, None, 0.8]},
         "sensitivity": {"n_points": N, "softmax": 1e-21, "logit": 3.25},
         "eps": [0.05, 0.1, 0.3], "headline_eps": 0.1,
-        "info": {"role": "student", "arch": "papernot_cnn", "method": "defensive_distillation", "temperature": 100},
+        "info": {"role": "student", "arch": "papernot_cnn", "method": "defensive_distillation", "temperature": 100,
+                 "train_precision": "bf16-autocast"},
     }
 
 
@@ -93,12 +94,16 @@ def test_cw_summary_counts_failures_as_infinite():
 
 
 def test_summary_schema_is_flat_and_stable():
-    m = summarise(healthy_result(), THRESHOLDS)
+    r = healthy_result()
+    m = summarise(r, THRESHOLDS)
     assert m["clean_acc"] == 0.9 and m["worst_case_headline"] == 0.27 and m["autoattack_headline"] == 0.27
     assert m["robust_acc"]["pgd_margin"] == {"eps_0p05": 0.48, "eps_0p1": 0.28, "eps_0p3": 0.01}
     assert m["sensitivity_softmax"] == 1e-21  # tiny values keep their significant digits
     assert m["gradient_masking"] is False and m["masking_reasons"] == ""
     assert all("." not in k for k in m) and all("." not in k for k in m["worst_case"])
+    assert m["train_precision"] == "bf16-autocast"  # from the checkpoint's info
+    del r["info"]["train_precision"]
+    assert summarise(r, THRESHOLDS)["train_precision"] is None  # a checkpoint written before the field
 
 
 def test_eps_key_has_no_dots():

@@ -1,8 +1,10 @@
-"""params.yaml `engine`: bf16 autocast on CUDA only (training-time attacks stay fp32), torch.compile as an opt-in.
+"""params.yaml `engine`: bf16 autocast where the device computes bf16 natively (training-time attacks stay fp32),
+torch.compile as an opt-in.
 
-No GPU here: "CUDA" is faked by patching the device check, and CPU autocast stands in for CUDA's. What this proves:
-the autocast context is entered exactly when the device check says CUDA, the loss runs inside it, the attack's
-forward passes run outside it in fp32, and on CPU the flag changes no weight.
+No GPU here: "CUDA" is faked by patching the device checks, and CPU autocast stands in for CUDA's. What this
+proves: the autocast context is entered exactly when `engine.bf16` is on and the device has native bf16, the loss
+runs inside it, the attack's forward passes run outside it in fp32, the precision is recorded, and without native
+bf16 the flag changes no weight.
 """
 import copy
 import re
@@ -18,7 +20,8 @@ from robustkd.adversarial import InnerAttack, maximise
 from robustkd.errors import ParamsError
 from robustkd.losses import TemperatureCE
 from robustkd.params import validate
-from robustkd.training import Engine, TrainConfig, autocast_for, train, uses_autocast
+from robustkd.training import (Engine, TrainConfig, autocast_for, native_bf16, precision_name, train,
+                               uses_autocast)
 from test_training import fresh_model, toy_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,12 +30,39 @@ CFG = TrainConfig(epochs=1, batch_size=32, optimizer="adam", lr=2e-3, momentum=0
 TRAINING_STAGES = {"teacher", "assistant", "student", "surrogate"}
 
 
-def test_autocast_only_on_cuda_and_only_when_asked():
+def test_autocast_only_when_asked_and_the_device_has_native_bf16(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
-    assert uses_autocast(cuda, Engine(bf16=True)) and not uses_autocast(cuda, Engine(bf16=False))
-    assert not uses_autocast(cpu, Engine(bf16=True))
     assert Engine() == Engine(bf16=True, compile=False)  # the params.yaml defaults
-    assert not isinstance(autocast_for(cpu, Engine(bf16=True)), torch.autocast)
+    for native in (True, False):
+        monkeypatch.setattr(training, "native_bf16", lambda device, native=native: native)
+        for device in (cpu, cuda):
+            assert uses_autocast(device, Engine(bf16=True)) is native
+            assert not uses_autocast(device, Engine(bf16=False))
+            assert precision_name(device, Engine(bf16=True)) == ("bf16-autocast" if native else "fp32")
+            assert precision_name(device, Engine(bf16=False)) == "fp32"
+    assert not isinstance(autocast_for(cpu, Engine(bf16=True)), torch.autocast)  # native is False here
+    monkeypatch.setattr(training, "native_bf16", lambda device: True)
+    assert isinstance(autocast_for(cpu, Engine(bf16=True)), torch.autocast)
+
+
+def test_native_bf16_reads_the_hardware(monkeypatch):
+    """CPU: AVX512-BF16 or AMX, as torch reports them; CUDA: bf16 units, emulation not counted."""
+    expected_cpu = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert native_bf16(torch.device("cpu")) is expected_cpu
+    asked = []
+
+    def fake_is_bf16_supported(including_emulation=True):
+        asked.append(including_emulation)
+        return False
+
+    monkeypatch.setattr(training.torch.cuda, "is_bf16_supported", fake_is_bf16_supported)
+    assert native_bf16(torch.device("cuda", 0)) is False and asked == [False]
+    monkeypatch.setattr(training.torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(training.torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert native_bf16(torch.device("cpu")) is True
+    monkeypatch.setattr(training.torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert native_bf16(torch.device("cpu")) is False
+    assert native_bf16(torch.device("meta")) is False
 
 
 def test_cuda_autocast_context_is_bf16(monkeypatch):
@@ -43,6 +73,7 @@ def test_cuda_autocast_context_is_bf16(monkeypatch):
             made.append(kwargs)
 
     monkeypatch.setattr(training.torch, "autocast", Recorder)
+    monkeypatch.setattr(training, "native_bf16", lambda device: True)  # a GPU with bf16 units
     autocast_for(torch.device("cuda", 0), Engine(bf16=True))
     assert made == [{"device_type": "cuda", "dtype": torch.bfloat16}]
 
@@ -67,9 +98,9 @@ class RecordingPGDAT:
         return F.cross_entropy(logits, y), logits
 
 
-def test_loss_under_autocast_when_the_device_is_cuda_attack_in_fp32(monkeypatch):
-    """Fake the device check: the real autocast_for then enters a (CPU) bf16 autocast around every step's loss."""
-    monkeypatch.setattr(training, "uses_autocast", lambda device, engine: engine.bf16)
+def test_loss_under_autocast_when_the_device_has_native_bf16_attack_in_fp32(monkeypatch):
+    """Fake the hardware check: the real autocast_for then enters a (CPU) bf16 autocast around every step's loss."""
+    monkeypatch.setattr(training, "native_bf16", lambda device: True)
     loss = RecordingPGDAT()
     train(fresh_model(), loss, toy_data(64, 0), toy_data(20, 1), CFG, "amp", engine=Engine(bf16=True))
     assert loss.loss_autocast == [True, True]  # two steps, each inside autocast
@@ -81,13 +112,29 @@ def test_loss_under_autocast_when_the_device_is_cuda_attack_in_fp32(monkeypatch)
     assert off.loss_autocast == [False, False]
 
 
-def test_bf16_changes_nothing_on_cpu():
+def test_bf16_changes_nothing_without_native_bf16(monkeypatch):
+    monkeypatch.setattr(training, "native_bf16", lambda device: False)
     loss = RecordingPGDAT()
-    on = train(fresh_model(), loss, toy_data(64, 0), toy_data(20, 1), CFG, "a", engine=Engine(bf16=True)).model
-    off = train(fresh_model(), RecordingPGDAT(), toy_data(64, 0), toy_data(20, 1), CFG, "b",
-                engine=Engine(bf16=False)).model
+    on = train(fresh_model(), loss, toy_data(64, 0), toy_data(20, 1), CFG, "a", engine=Engine(bf16=True))
+    off = train(fresh_model(), RecordingPGDAT(), toy_data(64, 0), toy_data(20, 1), CFG, "b", engine=Engine(bf16=False))
     assert loss.loss_autocast == [False, False]
-    assert all(torch.equal(p, q) for p, q in zip(on.state_dict().values(), off.state_dict().values()))
+    assert on.precision == off.precision == "fp32"
+    assert all(torch.equal(p, q) for p, q in zip(on.model.state_dict().values(), off.model.state_dict().values()))
+
+
+def test_bf16_with_native_bf16_changes_the_weights_and_is_recorded(monkeypatch):
+    """The other side of the test above: under bf16 the same run ends elsewhere (close to fp32, not equal), is
+    reproducible, and says what it ran in."""
+    monkeypatch.setattr(training, "native_bf16", lambda device: True)
+    bf16 = train(fresh_model(), TemperatureCE(1.0), toy_data(64, 0), toy_data(20, 1), CFG, "a", engine=Engine())
+    again = train(fresh_model(), TemperatureCE(1.0), toy_data(64, 0), toy_data(20, 1), CFG, "a", engine=Engine())
+    fp32 = train(fresh_model(), TemperatureCE(1.0), toy_data(64, 0), toy_data(20, 1), CFG, "b",
+                 engine=Engine(bf16=False))
+    assert (bf16.precision, fp32.precision) == ("bf16-autocast", "fp32")
+    pairs = list(zip(bf16.model.state_dict().values(), fp32.model.state_dict().values()))
+    assert not all(torch.equal(p, q) for p, q in pairs)
+    assert all(torch.allclose(p, q, atol=1e-2) for p, q in pairs)  # 2 Adam steps of lr 2e-3 move each weight <= 4e-3
+    assert all(torch.equal(p, q) for p, q in zip(bf16.model.state_dict().values(), again.model.state_dict().values()))
 
 
 def test_compile_is_called_once_and_trains_the_same_weights(monkeypatch):

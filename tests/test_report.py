@@ -153,6 +153,13 @@ def test_bench_table_shows_the_training_floor_and_the_suite_breakdown():
     text = report.bench_table(result)
     assert ("A bare training loop over pre-cast channels_last tensors (no data path, no validation): 1250 images/s "
             "in fp32, 2100 under bf16 autocast.") in text
+    assert "the engine in fp32" not in text  # runs before the engine's precision was recorded
+    result["train"].update(engine_precision="bf16-autocast", engine_fp32_images_per_s=1180.2, speedup_fp32_engine=1.31)
+    lines = report.bench_table(result).splitlines()
+    assert lines[4].startswith(f"| training, images/s (100 images, batch 10) | "
+                               f"{result['train']['engine_images_per_s']:.0f} (bf16-autocast) | DataLoader: ")
+    assert lines[5].startswith("| training, the engine in fp32 (`engine.bf16: false`), images/s | 1180 | DataLoader: ")
+    assert lines[5].endswith(" | 1.31 | – | – |")
     lines = text.splitlines()
     head = lines.index("| part | natural model | distilled model | robust model |")
     assert lines[head + 2:head + 5] == ["| autoattack | 12.0 / 2.0 | 11.0 / 2.0 | 9.0 / 2.0 |",  # costliest first

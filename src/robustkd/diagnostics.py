@@ -116,6 +116,7 @@ def summarise(result: dict, thresholds: dict) -> dict:
         "arch": info["arch"],
         "method": info["method"],
         "train_temperature": info["temperature"],
+        "train_precision": info.get("train_precision"),  # bf16-autocast | fp32; null: a checkpoint older than the field
         "n_test": result["n_test"],
         "n_attacked": result["n_attacked"],
         "clean_acc": round(result["clean_correct"] / result["n_test"], 4),

@@ -107,7 +107,8 @@ def train_role(role: str, group: dict, seed: int, loss_fn, out_path: Path, live_
                    resume_path=RESUME_DIR / f"{role}.pt", run_id=str(run_id),
                    batch_size_param=f"{params_group or role}.batch_size", engine=Engine.from_params(engine))
     info = {"role": role, "arch": spec.get("label", spec["arch"]), "best_epoch": result.best_epoch,
-            "val_acc": result.best_val_acc, "train_seconds": round(result.seconds, 2), **extra_info}
+            "val_acc": result.best_val_acc, "train_seconds": round(result.seconds, 2),
+            "train_precision": result.precision, **extra_info}
     if distributed.is_main():
         save_checkpoint(out_path, result.model, spec, info)
         print(f"[{role}] saved {out_path} (best epoch {result.best_epoch}, val_acc {result.best_val_acc:.4f})")

@@ -7,8 +7,9 @@ killed run restarts from its last complete epoch and ends with the same weights 
 as an uninterrupted one. A training step that runs out of memory ends the run with a ResourceError that names
 the batch-size param to lower; nothing is written before the first step has succeeded.
 
-Engine (params.yaml `engine`): on CUDA the training forward and loss run under bf16 autocast (``engine.bf16``) and
-the model can be compiled (``engine.compile``); on CPU neither changes anything unless asked (compile). Under
+Engine (params.yaml `engine`): on a device that computes bf16 natively (a CUDA GPU with bf16, a CPU with AVX512-BF16
+or AMX) the training forward and loss run under bf16 autocast (``engine.bf16``); elsewhere, and with
+``engine.bf16: false``, training is fp32. The model can be compiled (``engine.compile``, opt-in). Under
 ``torchrun`` (WORLD_SIZE > 1) the same loop trains with DistributedDataParallel (see ``robustkd.distributed``):
 each process takes an equal share of every global batch of ``batch_size`` samples, in the single-process order.
 """
@@ -56,7 +57,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class Engine:
     """How the loop runs (params.yaml `engine`), not what it computes on CPU."""
-    bf16: bool = True       # CUDA only: bf16 autocast for the training forward and loss
+    bf16: bool = True       # bf16 autocast for the training forward and loss, where the device has native bf16
     compile: bool = False   # torch.compile the model for training (opt-in: compiling takes time)
 
     @classmethod
@@ -64,10 +65,28 @@ class Engine:
         return cls() if group is None else cls(bf16=group["bf16"], compile=group["compile"])
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 in hardware: a CUDA GPU with bf16 units (Ampere and later), or a CPU with
+    AVX512-BF16 or AMX (oneDNN's bf16 kernels). Elsewhere bf16 is emulated and slower than fp32."""
+    if device.type == "cuda":
+        try:
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # older torch: no emulation argument
+            return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+        return any(check() for check in checks if check is not None)
+    return False
+
+
 def uses_autocast(device: torch.device, engine: Engine) -> bool:
-    """bf16 autocast on CUDA only. Not on CPU: there it is slower than fp32 on most processors and would change the
-    CPU numbers, which stay byte-identical to the fp32 runs recorded in this repository."""
-    return engine.bf16 and device.type == "cuda"
+    """bf16 autocast for training when ``engine.bf16`` is on and the device has native bf16 (:func:`native_bf16`)."""
+    return engine.bf16 and native_bf16(device)
+
+
+def precision_name(device: torch.device, engine: Engine) -> str:
+    """What the training forward and loss ran in, as recorded in checkpoints and metrics.json."""
+    return "bf16-autocast" if uses_autocast(device, engine) else "fp32"
 
 
 def autocast_for(device: torch.device, engine: Engine):
@@ -184,6 +203,7 @@ class TrainResult:
     best_val_acc: float
     history: list[dict]
     seconds: float
+    precision: str  # what the forward and loss ran in: "bf16-autocast" or "fp32" (precision_name)
 
 
 def _wrap_for_training(model: nn.Module, device: torch.device, engine: Engine, world: int) -> nn.Module:
@@ -227,7 +247,7 @@ def train(
     """Train ``model`` in place and return it loaded with its best-validation-accuracy weights.
 
     ``batch_size_param`` is the params.yaml key named when a step runs out of memory (``teacher.batch_size``).
-    ``engine``: bf16 autocast on CUDA and torch.compile (default: ``Engine()``, bf16 on CUDA, no compile).
+    ``engine``: bf16 autocast and torch.compile (default: ``Engine()``: bf16 where native, no compile).
     Under torchrun (WORLD_SIZE > 1): DDP, each process a share of every global batch of ``cfg.batch_size``;
     only rank 0 writes the resume file and the dvclive log, and every process returns the same weights.
     """
@@ -370,4 +390,4 @@ def train(
         live.end()
     model.load_state_dict(best_state)
     model.eval()
-    return TrainResult(model, best_epoch, best_val, history, elapsed)
+    return TrainResult(model, best_epoch, best_val, history, elapsed, precision_name(device, engine))
