@@ -280,6 +280,24 @@ def test_cw_l2_reports_inf_when_nothing_is_found():
     assert dist[2] == 0 and torch.equal(x_adv[2], x[2])       # already misclassified: distance 0
 
 
+def test_cw_adam_takes_torch_adams_steps_exactly():
+    """CW's written-out Adam against torch.optim.Adam on the same tensor and gradients: identical iterates."""
+    from robustkd.attacks.cw import TensorAdam
+
+    start = torch.randn(5, 1, 6, 6, generator=gen())
+    target = start.flip(0) + 0.5
+    ours, theirs = start.clone().requires_grad_(True), start.clone().requires_grad_(True)
+    mine, reference = TensorAdam(ours, lr=0.01), torch.optim.Adam([theirs], lr=0.01)
+    for _ in range(25):
+        for w in (ours, theirs):
+            w.grad = None
+            ((w - target) ** 3).abs().sum().backward()
+        mine.step()
+        reference.step()
+        assert torch.equal(ours, theirs)
+    assert not torch.equal(ours, start)
+
+
 # ------------------------------------------------------------------- 4. batch-size invariance
 @needs_fmnist
 def test_pgd_batch_size_invariance(fmnist_model, fmnist_test):
