@@ -377,31 +377,34 @@ def main() -> None:
                           schedule="constant", augment=False, seed=0)
         val = (raw.test_x[:128], raw.test_y[:128])  # the engine's loop also validates; kept tiny
         engine = Engine.from_params(params["engine"])  # as the pipeline's training stages run
-        fp32_engine = Engine(bf16=False, compile=engine.compile)
+        engine_precision = precision_name(device, engine)
+        # The engine in fp32 as well, unless it already is (then its timings are the engine's own).
+        fp32_engine = Engine(bf16=False, compile=engine.compile) if engine_precision != "fp32" else None
         engine_s, engine_fp32_s, reference_s, loading_s = [], [], {w: [] for w in args.workers}, []
         bare_s: dict[str, list[float]] = {"fp32": [], "bf16": []}
         # Untimed warm-up of both sides: oneDNN builds its kernels for each layout and shape on first use.
-        for e in (engine, fp32_engine):
+        for e in filter(None, (engine, fp32_engine)):
             engine_train(x_train[:256], y_train[:256], val, cfg, device, e)
         reference_train(root, 256, cfg, 0, device)
         for bf16 in (False, True):
             bare_train(x_train[:256], y_train[:256], cfg, device, bf16)
         for r in range(args.repeats):
             engine_s.append(engine_train(x_train[:n], y_train[:n], val, cfg, device, engine))
-            engine_fp32_s.append(engine_train(x_train[:n], y_train[:n], val, cfg, device, fp32_engine))
+            engine_fp32_s.append(engine_train(x_train[:n], y_train[:n], val, cfg, device, fp32_engine)
+                                 if fp32_engine else engine_s[-1])
             for w in args.workers:
                 reference_s[w].append(reference_train(root, n, cfg, w, device))
             loading_s.append(reference_loading_only(root, n, cfg))
             for precision in bare_s:
                 bare_s[precision].append(bare_train(x_train[:n], y_train[:n], cfg, device, precision == "bf16"))
-            log(f"train run {r + 1}: engine {n / engine_s[-1]:.0f} img/s ({precision_name(device, engine)}), "
+            log(f"train run {r + 1}: engine {n / engine_s[-1]:.0f} img/s ({engine_precision}), "
                 f"fp32 engine {n / engine_fp32_s[-1]:.0f} img/s, reference "
                 + ", ".join(f"{n / reference_s[w][-1]:.0f} img/s ({w} workers)" for w in args.workers))
         engine_t, engine_fp32_t = statistics.median(engine_s), statistics.median(engine_fp32_s)
         reference_t = {w: statistics.median(v) for w, v in reference_s.items()}
         fastest = min(reference_t, key=reference_t.get)
         out["train"] = {"images": n, "batch_size": cfg.batch_size, "epochs": cfg.epochs,
-                        "engine_precision": precision_name(device, engine),
+                        "engine_precision": engine_precision,
                         "engine_images_per_s": round(n / engine_t, 1),
                         "engine_fp32_images_per_s": round(n / engine_fp32_t, 1),
                         "speedup_fp32_engine": round(reference_t[fastest] / engine_fp32_t, 3),

@@ -17,7 +17,7 @@ from robustkd.adversarial import InnerAttack  # noqa: E402
 from robustkd.io import atomic_torch_save, atomic_write_json  # noqa: E402
 from robustkd.losses import TRADES, TemperatureCE  # noqa: E402
 from robustkd.models import build_model, place  # noqa: E402
-from robustkd.training import Engine, TrainConfig, pick_device, precision_name, train  # noqa: E402
+from robustkd.training import Engine, TrainConfig, pick_device, train  # noqa: E402
 from test_training import toy_data  # noqa: E402
 
 
@@ -41,7 +41,7 @@ def main(out: Path, loss_name: str, batch_size: int, bf16: bool) -> None:
         atomic_torch_save(state, out / "weights.pt")
         atomic_write_json(out / "result.json", {"history": result.history, "best_epoch": result.best_epoch,
                                                 "world_size": len(gathered), "ranks_agree": same,
-                                                "precision": precision_name(device, Engine(bf16=bf16))})
+                                                "precision": result.precision})
     distributed.barrier()
     distributed.shutdown()
 

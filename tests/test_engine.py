@@ -40,9 +40,9 @@ def test_autocast_only_when_asked_and_the_device_has_native_bf16(monkeypatch):
             assert not uses_autocast(device, Engine(bf16=False))
             assert precision_name(device, Engine(bf16=True)) == ("bf16-autocast" if native else "fp32")
             assert precision_name(device, Engine(bf16=False)) == "fp32"
-    assert not isinstance(autocast_for(cpu, Engine(bf16=True)), torch.autocast)  # native is False here
+    assert not isinstance(autocast_for(cpu, precision_name(cpu, Engine(bf16=True))), torch.autocast)  # not native
     monkeypatch.setattr(training, "native_bf16", lambda device: True)
-    assert isinstance(autocast_for(cpu, Engine(bf16=True)), torch.autocast)
+    assert isinstance(autocast_for(cpu, precision_name(cpu, Engine(bf16=True))), torch.autocast)
 
 
 def test_native_bf16_reads_the_hardware(monkeypatch):
@@ -74,7 +74,8 @@ def test_cuda_autocast_context_is_bf16(monkeypatch):
 
     monkeypatch.setattr(training.torch, "autocast", Recorder)
     monkeypatch.setattr(training, "native_bf16", lambda device: True)  # a GPU with bf16 units
-    autocast_for(torch.device("cuda", 0), Engine(bf16=True))
+    cuda = torch.device("cuda", 0)
+    autocast_for(cuda, precision_name(cuda, Engine(bf16=True)))
     assert made == [{"device_type": "cuda", "dtype": torch.bfloat16}]
 
 

@@ -56,7 +56,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Engine:
-    """How the loop runs (params.yaml `engine`), not what it computes on CPU."""
+    """How the loop runs (params.yaml `engine`): bf16 autocast where the device has native bf16, torch.compile."""
     bf16: bool = True       # bf16 autocast for the training forward and loss, where the device has native bf16
     compile: bool = False   # torch.compile the model for training (opt-in: compiling takes time)
 
@@ -69,13 +69,9 @@ def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bf16 in hardware: a CUDA GPU with bf16 units (Ampere and later), or a CPU with
     AVX512-BF16 or AMX (oneDNN's bf16 kernels). Elsewhere bf16 is emulated and slower than fp32."""
     if device.type == "cuda":
-        try:
-            return torch.cuda.is_bf16_supported(including_emulation=False)
-        except TypeError:  # older torch: no emulation argument
-            return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
-        checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-        return any(check() for check in checks if check is not None)
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     return False
 
 
@@ -84,14 +80,18 @@ def uses_autocast(device: torch.device, engine: Engine) -> bool:
     return engine.bf16 and native_bf16(device)
 
 
+BF16_AUTOCAST, FP32 = "bf16-autocast", "fp32"
+
+
 def precision_name(device: torch.device, engine: Engine) -> str:
-    """What the training forward and loss ran in, as recorded in checkpoints and metrics.json."""
-    return "bf16-autocast" if uses_autocast(device, engine) else "fp32"
+    """What the training forward and loss run in, as recorded in checkpoints and metrics.json. ``train`` decides
+    it once per run."""
+    return BF16_AUTOCAST if uses_autocast(device, engine) else FP32
 
 
-def autocast_for(device: torch.device, engine: Engine):
-    """The context the training forward and loss run in (a fresh one per step)."""
-    if uses_autocast(device, engine):
+def autocast_for(device: torch.device, precision: str):
+    """The context the training forward and loss run in (a fresh one per step), for a :func:`precision_name`."""
+    if precision == BF16_AUTOCAST:
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -272,8 +272,9 @@ def train(
     steps_per_epoch = math.ceil(len(y_train) / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
     # What changes the numbers is part of the run's identity; single-process CPU runs keep their old fingerprint.
+    precision = precision_name(device, engine)
     run_id = fingerprint(run_id, cfg, *(["world_size", world] if world > 1 else []),
-                         *(["bf16 autocast"] if uses_autocast(device, engine) else []))
+                         *(["bf16 autocast"] if precision == BF16_AUTOCAST else []))
     if world > 1 and rank:
         # Each process draws its own random starts / noise (DDP broadcasts rank 0's initial weights).
         torch.manual_seed(torch.initial_seed() + rank)
@@ -334,7 +335,7 @@ def train(
             if set_progress is not None:
                 set_progress((epoch * steps_per_epoch + i) / total_steps)
             try:
-                with autocast_for(device, engine):
+                with autocast_for(device, precision):
                     loss, logits = loss_fn(net, xb, yb)
                 optimizer.zero_grad(set_to_none=True)
                 (loss if scale == 1.0 else loss * scale).backward()
@@ -390,4 +391,4 @@ def train(
         live.end()
     model.load_state_dict(best_state)
     model.eval()
-    return TrainResult(model, best_epoch, best_val, history, elapsed, precision_name(device, engine))
+    return TrainResult(model, best_epoch, best_val, history, elapsed, precision)
