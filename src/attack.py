@@ -1,5 +1,7 @@
 """Stage `attack`: run the attack suite on every model of the chain; per-point results -> results/attack/.
 
+Clean accuracy comes from the predict stage (results/predict/), which an attack-only change does not rerun.
+
 With purifiers (method purification) every model is also given the paper's protocol: examples crafted on the
 teacher classifier alone. With DARHT teachers (method darht), PGD examples crafted on each teacher are replayed on
 every model (`transfer_darht_<name>`: black-box transfer to the student, and the transferability matrix); the
@@ -13,19 +15,12 @@ import torch
 
 from robustkd import attacks, darht, data, evaluation, plotting, purification
 from robustkd.errors import ParamsError
+from robustkd.inference import load_clean_correct
 from robustkd.io import atomic_write_json
-from robustkd.pipeline import MODELS_DIR, PREPARED_DIR, chain_paths, load_model, run_stage
+from robustkd.pipeline import MODELS_DIR, PREPARED_DIR, evaluated_models, load_model, run_stage
 from robustkd.training import pick_device, to_float
 
 RESULTS_DIR = Path("results/attack")
-
-
-def model_paths(purifiers: list[Path], darht_teachers: dict[str, Path] | None = None) -> dict[str, Path]:
-    """Every evaluated model in chain order: teacher, its purifiers (if any), assistant_1..k, the DARHT teachers
-    (if any), student."""
-    extra = purifiers + chain_paths()
-    return {"teacher": MODELS_DIR / "teacher.pt", **{p.stem: p for p in extra}, **(darht_teachers or {}),
-            "student": MODELS_DIR / "student.pt"}
 
 
 def reduced_suite(cfg: dict) -> dict:
@@ -82,7 +77,7 @@ def main(params: dict) -> None:
 
     purifiers = purification.purifier_paths()
     darht_teachers = darht.evaluated_teachers(MODELS_DIR / "student.pt")
-    paths = model_paths(purifiers, darht_teachers)
+    paths = evaluated_models()
     from_teachers = craft_on_darht_teachers(darht_teachers, x_test[attack_idx], y_test[attack_idx], cfg)
     on_classifier, purified = None, {}  # purified: the models with a purifier, for the picture
     if purifiers:  # the paper's protocol, crafted once on the bare classifier
@@ -98,9 +93,11 @@ def main(params: dict) -> None:
         if hasattr(model, "purifier"):
             purified[name] = model
         reduced = name in darht_teachers and params["darht"]["teacher_evaluation"] == "reduced"
+        clean_correct = load_clean_correct(name, path, meta["files"]["test.pt"], y_test)
         with attacks.frozen(model):
             result = evaluation.evaluate(model, name, x_test, y_test, attack_idx, reduced_suite(cfg) if reduced else cfg,
-                                         transfer_adv, on_classifier, extra_transfer=from_teachers)
+                                         transfer_adv, on_classifier, extra_transfer=from_teachers,
+                                         clean_correct=clean_correct)
             if n_ex and on_classifier is None:
                 xe, ye = x_test[attack_idx[:n_ex]], y_test[attack_idx[:n_ex]]
                 eps = cfg["headline_eps"]

@@ -8,18 +8,13 @@ stage costs a fraction of a second, so the default pipeline is not slowed down).
 """
 import sys
 
-from robustkd import darht, params as params_mod
-from robustkd.errors import ProjectError
+from robustkd import darht, stage
 
 
 def main(argv: list[str]) -> None:
     if len(argv) != 1:
         sys.exit("usage: python src/darht_teacher.py <name in darht.pool>")
-    try:
-        darht.train_pool_member(params_mod.load("params.yaml"), argv[0])
-    except ProjectError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    stage.run(lambda params: darht.train_pool_member(params, argv[0]))
 
 
 if __name__ == "__main__":

@@ -3,16 +3,15 @@
 Training times go to timing.json, not metrics.json: metrics.json depends only on params (same params ->
 same bytes), wall-clock time never does. Method darht: darht_transferability.json (the teachers' K x K
 transferability matrix, and each teacher's transfer to the student) and its heatmap; other methods write an
-empty matrix there.
+empty matrix there. Torch-free (robustkd.stage, robustkd.suite), so the stage starts fast.
 """
 import json
 from pathlib import Path
 
-from robustkd import plotting
+from robustkd import plotting, stage
 from robustkd.diagnostics import summarise, transferability
-from robustkd.evaluation import eps_key
 from robustkd.io import atomic_write_json, atomic_write_text
-from robustkd.pipeline import run_stage
+from robustkd.suite import eps_key
 
 RESULTS_DIR = Path("results/attack")
 PLOTS_DIR = Path("plots")
@@ -82,4 +81,4 @@ def main(params: dict) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    stage.run(main)

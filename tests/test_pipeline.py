@@ -7,7 +7,7 @@ from tiny_repo import darht_stages, make_tiny_repo, run, set_params, stages_run
 
 pytestmark = pytest.mark.slow
 DARHT_STAGES = darht_stages()   # markers only, unless method = darht; they rerun when `method` changes
-ALL_STAGES = {"prepare", "teacher", "assistant", "student", "surrogate", "attack", "metrics"} | DARHT_STAGES
+ALL_STAGES = {"prepare", "teacher", "assistant", "student", "surrogate", "predict", "attack", "metrics"} | DARHT_STAGES
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +32,10 @@ def test_outputs_and_metrics_schema(repo):
                 assert m["worst_case"][key] <= acc, (attack, key)
         assert isinstance(m["gradient_masking"], bool)
         assert all("." not in k for k in m)  # flat keys for `dvc metrics diff`
+    for name, m in metrics.items():  # clean accuracy is the predict stage's, read by the attack stage
+        record = json.loads((repo / "results" / "predict" / f"{name}.json").read_text())
+        assert len(record["predictions"]) == record["n_test"] == m["n_test"]
+        assert round(record["clean_correct"] / record["n_test"], 4) == m["clean_acc"]
     for name in ("accuracy_vs_robustness", "robust_vs_eps", "sensitivity_vs_temperature"):
         assert json.loads((repo / "plots" / f"{name}.json").read_text())
     for name in ("accuracy_vs_robustness.png", "robust_vs_eps.png", "adversarial_examples.png"):
@@ -63,7 +67,7 @@ def test_attack_change_reruns_only_attack_and_metrics(repo):
 
 def test_exp_run_temperature_reruns_training_not_prepare(repo):
     out = run(["dvc", "exp", "run", "-S", "temperature=50"], repo)
-    assert stages_run(out.stdout) == {"teacher", "assistant", "student", "attack", "metrics"}
+    assert stages_run(out.stdout) == {"teacher", "assistant", "student", "predict", "attack", "metrics"}
     diff = json.loads(run(["dvc", "metrics", "diff", "--json"], repo).stdout)
     changed = diff["metrics.json"]
     assert "student.sensitivity_softmax" in changed or "student.clean_acc" in changed
@@ -81,7 +85,7 @@ def test_exp_run_robust_distillation_method_end_to_end(repo):
     """`dvc exp run -S method=ltd`: an adversarially trained teacher, no assistant chain (chain_length is
     ignored), a student that keeps its temperature, the full evaluation; prepare and surrogate are reused."""
     out = run(["dvc", "exp", "run", "-S", "method=ltd", "-S", "ltd.student_temperature=2.0"], repo)
-    assert stages_run(out.stdout) == {"teacher", "assistant", "student", "attack", "metrics"} | DARHT_STAGES
+    assert stages_run(out.stdout) == {"teacher", "assistant", "student", "predict", "attack", "metrics"} | DARHT_STAGES
     metrics = json.loads((repo / "metrics.json").read_text())
     assert set(metrics) == {"teacher", "student"} and metrics["student"]["method"] == "ltd"
     teacher = json.loads((repo / "results" / "attack" / "teacher.json").read_text())["info"]
@@ -92,7 +96,7 @@ def test_exp_run_robust_distillation_method_end_to_end(repo):
     assert set(timing["train_seconds"]) == {"teacher", "student"} and timing["train_seconds_total"] > 0
     # a robust-training setting reruns training; the attack settings alone would not
     out = run(["dvc", "exp", "run", "-S", "method=ltd", "-S", "ltd.student_temperature=2.0", "-S", "ltd.beta=1.0"], repo)
-    assert stages_run(out.stdout) == {"student", "attack", "metrics"}
+    assert stages_run(out.stdout) == {"student", "predict", "attack", "metrics"}
     run(["git", "checkout", "params.yaml"], repo)
     run(["dvc", "checkout"], repo)
 
@@ -103,7 +107,7 @@ def test_exp_run_purification_end_to_end(repo):
     import torch
 
     out = run(["dvc", "exp", "run", "-S", "method=purification"], repo)
-    assert stages_run(out.stdout) == {"teacher", "assistant", "student", "attack", "metrics"} | DARHT_STAGES
+    assert stages_run(out.stdout) == {"teacher", "assistant", "student", "predict", "attack", "metrics"} | DARHT_STAGES
     metrics = json.loads((repo / "metrics.json").read_text())
     assert set(metrics) == {"teacher", "purifier_normal", "purifier_adversarial", "student"}
     assert metrics["teacher"]["purifier"] is None and metrics["teacher"]["arch"] == "papernot_cnn"
@@ -123,7 +127,7 @@ def test_exp_run_purification_end_to_end(repo):
     # a distillation setting reruns the student and the evaluation, not the classifier or the teachers
     out = run(["dvc", "exp", "run", "-S", "method=purification", "-S",
                "purifier_student.adversarial_teacher_weight=1.0"], repo)
-    assert stages_run(out.stdout) == {"student", "attack", "metrics"}
+    assert stages_run(out.stdout) == {"student", "predict", "attack", "metrics"}
     run(["git", "checkout", "params.yaml"], repo)
     run(["dvc", "checkout"], repo)
 
@@ -133,7 +137,7 @@ def test_exp_run_darht_end_to_end(repo):
     C*K feature-map head, the full suite on the student, transfer from each teacher, the transferability matrix.
     Changing one teacher retrains that teacher only (then the student and the evaluation)."""
     out = run(["dvc", "exp", "run", "-S", "method=darht"], repo)
-    assert stages_run(out.stdout) == {"teacher", "assistant", "student", "attack", "metrics"} | DARHT_STAGES
+    assert stages_run(out.stdout) == {"teacher", "assistant", "student", "predict", "attack", "metrics"} | DARHT_STAGES
     used = ["papernot", "resnet", "mobilenetv2", "vit"]
     for name in ("papernot_2", "papernot_3", "papernot_4"):
         assert not (repo / "models" / "darht" / name / "teacher.pt").exists()
@@ -160,10 +164,10 @@ def test_exp_run_darht_end_to_end(repo):
     assert {f"darht_{n}" for n in used} <= set(timing["train_seconds"])
     # one teacher changes: only its stage retrains, then the student and the evaluation
     out = run(["dvc", "exp", "run", "-S", "method=darht", "-S", "darht.pool.vit.depth=2"], repo)
-    assert stages_run(out.stdout) == {"darht_teacher@vit", "student", "attack", "metrics"}
+    assert stages_run(out.stdout) == {"darht_teacher@vit", "student", "predict", "attack", "metrics"}
     # a student-only setting leaves every teacher alone
     out = run(["dvc", "exp", "run", "-S", "method=darht", "-S", "darht.pool.vit.depth=2", "-S",
                "darht.adversarial_prob=1.0"], repo)
-    assert stages_run(out.stdout) == {"student", "attack", "metrics"}
+    assert stages_run(out.stdout) == {"student", "predict", "attack", "metrics"}
     run(["git", "checkout", "params.yaml"], repo)
     run(["dvc", "checkout"], repo)

@@ -21,7 +21,7 @@ import torch
 from tiny_repo import darht_stages, env, make_tiny_repo, run, stages_run, tiny_params
 
 pytestmark = pytest.mark.slow
-ALL_STAGES = {"prepare", "teacher", "assistant", "student", "surrogate", "attack", "metrics"} | darht_stages()
+ALL_STAGES = {"prepare", "teacher", "assistant", "student", "surrogate", "predict", "attack", "metrics"} | darht_stages()
 TEACHER_EPOCHS = 3
 CHECKPOINTS = ("models/teacher.pt", "models/assistants/assistant_1.pt", "models/student.pt", "models/surrogate.pt")
 

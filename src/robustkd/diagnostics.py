@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import statistics
 
-from .evaluation import AUTOATTACK, FGSM_CE, PAPER_PROTOCOL, PGD_CE, PGD_MARGIN, WHITE_BOX, eps_key, is_black_box
+from .suite import AUTOATTACK, FGSM_CE, PAPER_PROTOCOL, PGD_CE, PGD_MARGIN, WHITE_BOX, eps_key, is_black_box
 
 STRONG = (PGD_MARGIN, AUTOATTACK)
 

@@ -17,41 +17,11 @@ from tqdm import tqdm
 
 from . import attacks, image_quality
 
-# Attack names, as they appear in results and metrics.
-FGSM_CE = "fgsm_softmax_ce"        # the seed papers' protocol: CE of the deployed softmax (T = 1)
-PGD_CE = "pgd_softmax_ce"          # idem, iterative
-PGD_MARGIN = "pgd_margin"          # CW margin loss on the logits: immune to softmax saturation
-AUTOATTACK = "autoattack"          # official pyautoattack
-SQUARE = "square"                  # score-based black-box
-TRANSFER = "transfer_surrogate"    # PGD crafted on an independent surrogate
-PGD_L2 = "pgd_l2_margin"
-CW_L2 = "cw_l2"                     # minimal L2 perturbation (Carlini-Wagner)
-# Purification's paper protocol: crafted on the classifier alone (FGSM; PGD keeping the last iterate, as
-# transfer), then given to the deployed model, i.e. purified. Gradient-free for the purifier.
-CLASSIFIER_FGSM = "classifier_fgsm"
-CLASSIFIER_PGD_CE = "classifier_pgd_ce"
-CLASSIFIER_PGD_MARGIN = "classifier_pgd_margin"
-PAPER_PROTOCOL = (CLASSIFIER_FGSM, CLASSIFIER_PGD_CE, CLASSIFIER_PGD_MARGIN)
-WHITE_BOX = (FGSM_CE, PGD_CE, PGD_MARGIN, AUTOATTACK)   # on the deployed model: adaptive for a purified one
-BLACK_BOX = (SQUARE, TRANSFER, *PAPER_PROTOCOL)
-
-
-def is_black_box(attack: str, model: str) -> bool:
-    """Crafted without this model's gradients: Square, the surrogate's and the classifier's examples, and the
-    examples crafted on another model (``transfer_<other>``); ``transfer_<model>`` was crafted on the model itself."""
-    return attack in BLACK_BOX or (attack.startswith("transfer_") and attack != f"transfer_{model}")
-
-
-def eps_key(eps: float) -> str:
-    """0.03 -> 'eps_0p03': metric keys carry no dots, so `dvc metrics diff` reads cleanly."""
-    return "eps_" + f"{eps:g}".replace(".", "p").replace("-", "m")
-
-
-@torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    if len(x) == 0:  # e.g. the cascade left no point for an expensive attack
-        return torch.zeros(0, dtype=torch.long, device=x.device)
-    return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+# The suite's names live in the torch-free `suite` module, `predict` in `inference` (the predict stage's module).
+from .inference import predict
+from .suite import (AUTOATTACK, BLACK_BOX, CLASSIFIER_FGSM, CLASSIFIER_PGD_CE,  # noqa: F401
+                    CLASSIFIER_PGD_MARGIN, CW_L2, FGSM_CE, PAPER_PROTOCOL, PGD_CE, PGD_L2, PGD_MARGIN, SQUARE,
+                    TRANSFER, WHITE_BOX, eps_key, is_black_box)
 
 
 def _generator(cfg: dict) -> torch.Generator:
@@ -183,7 +153,7 @@ def _sync(device: torch.device) -> None:
 def evaluate(model: nn.Module, name: str, x_test: torch.Tensor, y_test: torch.Tensor, attack_idx: torch.Tensor,
              cfg: dict, transfer_adv: dict[str, torch.Tensor], on_classifier: dict | None = None,
              extra_transfer: dict[str, dict[str, torch.Tensor]] | None = None,
-             stopwatch: Stopwatch | None = None) -> dict:
+             stopwatch: Stopwatch | None = None, clean_correct: torch.Tensor | None = None) -> dict:
     """The whole suite on one model. ``x_test`` is float in [0,1]; ``attack_idx`` selects the attacked points.
 
     ``on_classifier`` (purification): examples from :func:`craft_on_classifier`, evaluated as extra attacks.
@@ -191,13 +161,16 @@ def evaluate(model: nn.Module, name: str, x_test: torch.Tensor, y_test: torch.Te
     teachers, ``transfer_<model>``), replayed on this one at every ε. The one named ``transfer_<name>`` was crafted
     on this very model: a white-box attack here (see :func:`is_black_box`).
     ``stopwatch``: records the seconds of each part (clean accuracy, each attack, sensitivity).
+    ``clean_correct``: bool per test point, the model's clean correctness as the predict stage recorded it
+    (:func:`robustkd.inference.load_clean_correct`); None: computed here, one forward pass over ``x_test``.
     """
     bs = cfg["batch_size"]
     model.eval()
     timed = ((lambda part: stopwatch.part(part, x_test.device)) if stopwatch is not None
              else (lambda part: contextlib.nullcontext()))
-    with timed("clean"):
-        clean_correct = predict(model, x_test, bs) == y_test
+    if clean_correct is None:
+        with timed("clean"):
+            clean_correct = predict(model, x_test, bs) == y_test
     x, y = x_test[attack_idx], y_test[attack_idx]
     pgd_cfg = cfg["pgd"]
     cascade = {a: cascades(a, cfg) for a in CASCADE_BEFORE}  # recorded: which attacks got only the survivors

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import os
 import random
-import sys
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
-from . import data, distributed, params as params_mod
+from . import data, distributed, stage
 from .errors import ProjectError
 from .io import sha256_file
 from .models import build_model, load_checkpoint, model_spec, place, save_checkpoint
@@ -25,20 +24,12 @@ RESUME_DIR = Path(".resume")  # per-epoch resume files; outside DVC's outputs so
 
 
 def run_stage(main) -> None:
-    """Run a stage's ``main(params)``; a ProjectError ends it with its message, not a traceback.
+    """Run a stage's ``main(params)`` (:func:`robustkd.stage.run`); a ProjectError ends it with its message.
 
     Also under ``torchrun --nproc_per_node N src/<stage>.py``: every process runs ``main``, the batch sizes are
     checked against the world size first, and the process group is closed at the end.
     """
-    try:
-        params = params_mod.load("params.yaml")
-        distributed.check_params(params)
-        main(params)
-    except ProjectError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    finally:
-        distributed.shutdown()
+    stage.run(main, check=distributed.check_params, finish=distributed.shutdown)
 
 
 def seed_everything(seed: int) -> None:
@@ -127,6 +118,16 @@ def finish_stage(roles: list[str]) -> None:
         for role in roles:
             (RESUME_DIR / f"{role}.pt").unlink(missing_ok=True)
     distributed.on_main(remove)
+
+
+def evaluated_models() -> dict[str, Path]:
+    """{name: checkpoint} of every model the predict and attack stages evaluate, in chain order: teacher, its
+    purifiers (method purification), assistant_1..k, the DARHT teachers the student learnt from (method darht),
+    student."""
+    from . import darht, purification  # both import this module (darht lazily)
+
+    return {"teacher": MODELS_DIR / "teacher.pt", **{p.stem: p for p in purification.purifier_paths() + chain_paths()},
+            **darht.evaluated_teachers(MODELS_DIR / "student.pt"), "student": MODELS_DIR / "student.pt"}
 
 
 def load_model(path: Path):

@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
 matplotlib.use("Agg")  # no display on CI or servers
 import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
 
 from .io import atomic_path  # noqa: E402
+
+if TYPE_CHECKING:  # the image grids take tensors; the metrics stage's charts run without torch
+    import torch
 
 
 def _save(fig, path: Path) -> None:

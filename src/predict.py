@@ -1,0 +1,32 @@
+"""Stage `predict`: every evaluated model's label for every test image -> results/predict/<model>.json.
+
+Clean accuracy depends on the models and the test set only; computed here, once per model, an attack-only change
+(`dvc exp run -S attack.seed=1`) reruns attack and metrics without it. The attack stage checks that each file was
+made from the checkpoint it attacks.
+"""
+import shutil
+
+from robustkd import data
+from robustkd.inference import PREDICTIONS_DIR, predict, save_predictions
+from robustkd.io import atomic_write_json
+from robustkd.pipeline import PREPARED_DIR, evaluated_models, load_model, run_stage
+from robustkd.training import pick_device, to_float
+
+
+def main(params: dict) -> None:
+    batch_size = params["attack"]["batch_size"]
+    meta = data.load_meta(PREPARED_DIR)
+    x_u8, y = data.load_split(PREPARED_DIR, "test")
+    paths = evaluated_models()
+    device = pick_device()
+    x_test, y_test = to_float(x_u8).to(device), y.to(device)
+    shutil.rmtree(PREDICTIONS_DIR, ignore_errors=True)
+    for name, path in paths.items():
+        model, _ = load_model(path)
+        correct = save_predictions(name, path, meta["files"]["test.pt"], predict(model, x_test, batch_size), y_test)
+        print(f"[predict] {name}: clean {correct / len(y_test):.4f}")
+    atomic_write_json(PREDICTIONS_DIR / "index.json", {"models": list(paths)})
+
+
+if __name__ == "__main__":
+    run_stage(main)
