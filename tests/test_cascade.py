@@ -152,14 +152,21 @@ def test_cascade_runs_cw_only_on_points_correct_clean(setting, monkeypatch):
     assert seen == [64, sum(correct)]
     assert full["n_evaluated"][evaluation.CW_L2] == {"min_l2": 64}
     assert cascaded["n_evaluated"][evaluation.CW_L2] == {"min_l2": sum(correct)}
+    # A smaller batch sums in another order; where that flips the sign of a near-zero gradient, Adam takes a step of
+    # up to lr in that pixel's tanh-space variable, which moves the pixel by at most lr / 2 per step. So per point
+    # the norms agree to within lr (seen: < 1e-5), not to a tolerance fitted to one processor; a mean or median of
+    # such norms then agrees to within lr too. Whether an example was found is an outcome: exactly the same.
+    lr = cfg["cw_l2"]["lr"]
     for c, a, b in zip(correct, full["cw_l2"]["l2"], cascaded["cw_l2"]["l2"]):
         if not c:
             assert a == 0.0 == b
         elif a is None:
             assert b is None
         else:
-            assert b == pytest.approx(a, abs=1e-4)  # float reassociation only: a smaller batch
-    assert cw_summary(cascaded) == pytest.approx(cw_summary(full), abs=1e-3)
+            assert b == pytest.approx(a, abs=lr)
+    summary_full, summary_cascaded = cw_summary(full), cw_summary(cascaded)
+    assert summary_cascaded["cw_l2_success_rate"] == summary_full["cw_l2_success_rate"]
+    assert summary_cascaded == pytest.approx(summary_full, abs=lr)
 
 
 def test_stopwatch_times_each_part_without_changing_the_result(setting):

@@ -1,19 +1,21 @@
 """torchrun + DistributedDataParallel on CPU (gloo, 2 processes) through the real training loop and stage scripts.
 
 The 2-process run must match a single-process run of the same global batch. Not bitwise: each process sums its
-own share and DDP averages the two gradients, so float additions happen in another order. Two tolerances, both
-measured on the 2-core CPU (AMD EPYC):
-- the training loop (tests/ddp_worker.py: lenet, Adam, CE, 2 epochs, batch 32 split 16 + 16, last batch 8 split
-  4 + 4, augmentation on): largest weight difference 3.7e-7 (weights up to 0.21); per element atol 1e-5 + rtol 1e-4.
-  Under bf16 autocast (the engine's default on a CPU with native bf16) each reassociated sum is rounded to bf16's
-  8 bits in the next forward pass: largest difference 2.1e-3, but the whole model's L2 gap is 0.17% of its weights'
-  norm; the tolerance is 1%.
-- the stage scripts (teacher at T = 20, then an assistant distilled from it): Adam divides each step by the
-  gradient's running RMS, so an element whose gradient is near zero (softmax at T = 20 gives small gradients)
-  turns a 1e-7 reassociation into a step of up to lr; the assistant inherits the teacher's gap. Largest element
-  difference 2.7e-4 (teacher) and 1.3e-2 (assistant), but the whole model's L2 gap is 0.05% (teacher) and 0.30%
-  (assistant) of its weights' norm, which moved 34% and 24% away from their initial values during training; the
-  tolerance is 1% of the norm. A run from another seed is 140% away.
+own share and DDP averages the two gradients, so float additions happen in another order, and how much that moves
+the weights depends on the processor's kernels. Adam divides each step by the gradient's running RMS, so a
+reassociation in a near-zero gradient can become a step of up to lr in that one element: no per-element tolerance
+holds on every processor. What is compared is the whole model's L2 gap relative to its weights' norm, against a
+bound set by the precision's unit roundoff and far below what a real error gives (a run from another seed is ~140%
+away):
+- fp32 (unit roundoff 6e-8): at most 1e-4. Measured on an AMD EPYC: 1.1e-7 (tests/ddp_worker.py: lenet, Adam, CE,
+  2 epochs, batch 32 split 16 + 16, last batch 8 split 4 + 4, augmentation on).
+- bf16 autocast (the engine's default on a CPU with native bf16; unit roundoff 2^-8 = 3.9e-3, and each reassociated
+  sum is rounded to it in the next forward pass): at most 1e-2. Measured: 1.7e-3.
+- the stage scripts in fp32 (teacher at T = 20, then an assistant distilled from it): softmax at T = 20 gives many
+  near-zero gradients, so Adam's amplification is the rule rather than the exception, and the assistant inherits
+  the teacher's gap: at most 1e-2. Measured 0.05% (teacher) and 0.30% (assistant), while training moved the
+  weights 34% and 24% away from their initial values.
+Counts (accuracy) and the epoch that was kept are outcomes and must be equal in fp32.
 """
 import json
 import os
@@ -30,9 +32,9 @@ from robustkd.training import Engine, precision_name
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "ddp_worker.py"
-ATOL, RTOL = 1e-5, 1e-4   # per element: the training loop
-STAGE_REL_L2 = 1e-2        # whole model, relative to its weights' norm: the stage scripts
-BF16_REL_L2 = 1e-2         # whole model: the training loop under bf16 autocast
+FP32_REL_L2 = 1e-4         # whole model, relative to its weights' norm: the training loop in fp32
+BF16_REL_L2 = 1e-2         # the training loop under bf16 autocast
+STAGE_REL_L2 = 1e-2        # the stage scripts (fp32)
 
 
 def _env():
@@ -53,13 +55,6 @@ def torchrun(*args):
 
 def trained(out: Path):
     return torch.load(out / "weights.pt", weights_only=True), json.loads((out / "result.json").read_text())
-
-
-def assert_close_weights(got: dict, expected: dict):
-    assert got.keys() == expected.keys()
-    for key in expected:
-        assert torch.allclose(got[key], expected[key], atol=ATOL, rtol=RTOL), \
-            f"{key}: max diff {(got[key] - expected[key]).abs().max().item():.3g}"
 
 
 def relative_l2_gap(got: dict, expected: dict) -> float:
@@ -87,10 +82,8 @@ def test_two_processes_match_one_process_of_the_same_global_batch(tmp_path, bf16
     last = lambda run: torch.load(tmp_path / run / "resume.pt", weights_only=True)  # noqa: E731
     assert last("ddp")["epoch"] == last("single")["epoch"] == 2
     for got, expected in ((ddp, single), (last("ddp")["model"], last("single")["model"])):  # kept epoch's, last epoch's
-        if exact:
-            assert_close_weights(got, expected)
-        else:
-            assert relative_l2_gap(got, expected) < BF16_REL_L2
+        assert got.keys() == expected.keys()
+        assert relative_l2_gap(got, expected) < (FP32_REL_L2 if exact else BF16_REL_L2)
     assert ddp_info["best_epoch"] == single_info["best_epoch"]
     for a, b in zip(ddp_info["history"], single_info["history"]):
         if exact:
