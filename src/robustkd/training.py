@@ -30,8 +30,8 @@ from torch import nn
 from tqdm import tqdm
 
 from . import distributed
-from .errors import ProjectError, ResourceError
-from .io import safe_torch_load, atomic_torch_save
+from .errors import CheckpointError, ProjectError, ResourceError
+from .io import atomic_torch_save_sealed, load_sealed
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -164,6 +164,23 @@ def fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def run_parts(run_id: str, cfg: TrainConfig, device: torch.device, precision: str, world: int) -> dict[str, str]:
+    """Everything that changes the weights a run ends with, part by part (so a mismatch can say which part):
+    the caller's run id (role, model spec, data and upstream checksums), the training config, the process count,
+    the precision, the device type, the intra-op thread count (it changes the summation order of CPU kernels) and
+    the torch version."""
+    return {"run": fingerprint(run_id), "config": fingerprint(cfg), "world_size": str(world), "precision": precision,
+            "device": device.type, "threads": str(torch.get_num_threads()), "torch": str(torch.__version__)}
+
+
+def _mismatch(saved: dict | None, here: dict[str, str]) -> str:
+    """Why a resume file's parts differ from this run's (empty when they match)."""
+    if not isinstance(saved, dict):
+        return "it has no run fingerprint (written by an older version)"
+    diff = [f"{k}: {saved.get(k)!r} there, {v!r} here" for k, v in here.items() if saved.get(k) != v]
+    return "; ".join(diff)
+
+
 def is_out_of_memory(err: BaseException) -> bool:
     """CUDA's OutOfMemoryError, or the CPU allocator's "can't allocate memory" RuntimeError."""
     if isinstance(err, (torch.OutOfMemoryError, MemoryError)):  # torch.cuda.OutOfMemoryError is the same class
@@ -204,6 +221,7 @@ class TrainResult:
     history: list[dict]
     seconds: float
     precision: str  # what the forward and loss ran in: "bf16-autocast" or "fp32" (precision_name)
+    fingerprint: str = ""  # the run's fingerprint (run_parts), recorded in the checkpoint
 
 
 def _wrap_for_training(model: nn.Module, device: torch.device, engine: Engine, world: int) -> nn.Module:
@@ -271,19 +289,29 @@ def train(
     optimizer = make_optimizer(model, cfg)
     steps_per_epoch = math.ceil(len(y_train) / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
-    # What changes the numbers is part of the run's identity; single-process CPU runs keep their old fingerprint.
+    # What changes the numbers is part of the run's identity: a resume file of another run is never picked up.
     precision = precision_name(device, engine)
-    run_id = fingerprint(run_id, cfg, *(["world_size", world] if world > 1 else []),
-                         *(["bf16 autocast"] if precision == BF16_AUTOCAST else []))
+    parts = run_parts(run_id, cfg, device, precision, world)
+    run_id = fingerprint(parts)
     if world > 1 and rank:
         # Each process draws its own random starts / noise (DDP broadcasts rank 0's initial weights).
         torch.manual_seed(torch.initial_seed() + rank)
 
     start_epoch, best_val, best_epoch, best_state, history, elapsed = 0, -1.0, -1, None, [], 0.0
     resume_path = Path(resume_path) if resume_path else None
+    saved = None
     if resume_path and resume_path.is_file():
-        saved = safe_torch_load(resume_path, map_location=device)
-        if saved.get("run_id") == run_id:
+        try:
+            saved = load_sealed(resume_path, map_location=device)
+        except CheckpointError as err:  # a resume file is only a shortcut: never a reason to stop
+            if main:
+                print(f"[{role}] not resuming: {err} Starting from epoch 1.")
+        if saved is not None and saved.get("run_id") != run_id:
+            if main:
+                print(f"[{role}] not resuming from {resume_path}: it belongs to another run "
+                      f"({_mismatch(saved.get('fingerprint'), parts) or 'different run id'}). Starting from epoch 1.")
+            saved = None
+        if saved is not None:
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
             rng = saved["rank_rng"][rank] if world > 1 else saved
@@ -295,7 +323,11 @@ def train(
             best_state, elapsed = saved["best_state"], saved["elapsed"]
             history = json.loads(saved["history"])
             if main:
-                print(f"[{role}] resuming after epoch {start_epoch} from {resume_path}")
+                if start_epoch >= cfg.epochs:
+                    print(f"[{role}] all {cfg.epochs} epochs done in {resume_path} (same run fingerprint): "
+                          f"rebuilding the checkpoint without training")
+                else:
+                    print(f"[{role}] resuming after epoch {start_epoch} from {resume_path}")
 
     net = _wrap_for_training(model, device, engine, world)
     live = None  # opened after the first epoch: nothing is written before a training step has succeeded
@@ -377,8 +409,8 @@ def train(
                    "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None}
             ranks_rng = distributed.all_gather_object(rng) if world > 1 else None  # every process's own streams
             if main:
-                atomic_torch_save({
-                    "run_id": run_id, "epoch": epoch + 1, "model": model.state_dict(),
+                atomic_torch_save_sealed({
+                    "run_id": run_id, "fingerprint": parts, "epoch": epoch + 1, "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(), **rng,
                     **({"rank_rng": ranks_rng} if world > 1 else {}),
                     "best_val": best_val, "best_epoch": best_epoch, "best_state": best_state,
@@ -391,4 +423,4 @@ def train(
         live.end()
     model.load_state_dict(best_state)
     model.eval()
-    return TrainResult(model, best_epoch, best_val, history, elapsed, precision)
+    return TrainResult(model, best_epoch, best_val, history, elapsed, precision, run_id)
