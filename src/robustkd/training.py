@@ -2,9 +2,13 @@
 
 Data stays a uint8 tensor on the training device; batches are cast and augmented there, as whole
 tensors (no per-sample PIL transforms, no DataLoader workers). The checkpoint kept is the epoch with
-the best validation accuracy, never a test-set choice. Every epoch writes a resume file atomically, so a
-killed run restarts from its last complete epoch and ends with the same weights (and the same dvclive logs)
-as an uninterrupted one. A training step that runs out of memory ends the run with a ResourceError that names
+the best validation accuracy, never a test-set choice. Every epoch writes a resume file atomically (sealed like a
+checkpoint: robustkd.io.load_sealed), so a killed run restarts from its last complete epoch and ends with the same
+weights (and the same dvclive logs) as an uninterrupted one. The resume file is used only when the run's
+fingerprint matches (``run_parts``: config, data, upstream models, process count, precision, device, thread count,
+torch version); otherwise the log says which part differed. It is kept after the last epoch, so a rerun of a
+finished run (a stage killed after its script ended but before DVC recorded it) rebuilds the same checkpoint in
+seconds without a training step. A training step that runs out of memory ends the run with a ResourceError that names
 the batch-size param to lower; nothing is written before the first step has succeeded.
 
 Engine (params.yaml `engine`): on a device that computes bf16 natively (a CUDA GPU with bf16, a CPU with AVX512-BF16
