@@ -309,7 +309,8 @@ def train(
             saved = load_sealed(resume_path, map_location=device)
         except CheckpointError as err:  # a resume file is only a shortcut: never a reason to stop
             if main:
-                print(f"[{role}] not resuming: {err} Starting from epoch 1.")
+                print(f"[{role}] not resuming: {resume_path}: damaged or unreadable; starting from epoch 1 "
+                      f"(detail: {str(err).split('. Restore it')[0]})")
         if saved is not None and saved.get("run_id") != run_id:
             if main:
                 print(f"[{role}] not resuming from {resume_path}: it belongs to another run "
