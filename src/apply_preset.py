@@ -29,7 +29,7 @@ def main(argv=None) -> None:
     parser.add_argument("--dry-run", action="store_true")
     args = parser.parse_args(argv)
     try:
-        merged = schema.validate(merge(yaml.safe_load(args.params.read_text()), yaml.safe_load(args.preset.read_text())))
+        merged = schema.validate(merge(schema.read_yaml(args.params.read_text()), schema.read_yaml(args.preset.read_text())))
     except ParamsError as err:
         sys.exit(f"error: {args.preset} does not give valid params:\n{err}")
     text = yaml.safe_dump(merged, sort_keys=False, width=120)

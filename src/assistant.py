@@ -8,7 +8,7 @@ import shutil
 from robustkd import distributed
 from robustkd.io import atomic_write_json
 from robustkd.methods import METHODS
-from robustkd.pipeline import (ASSISTANTS_DIR, CHAIN_MANIFEST, LIVE_DIR, MODELS_DIR, finish_stage, load_model,
+from robustkd.pipeline import (ASSISTANTS_DIR, CHAIN_MANIFEST, LIVE_DIR, MODELS_DIR, load_model,
                                load_training_data, run_stage, train_role)
 
 
@@ -36,7 +36,6 @@ def main(params: dict) -> None:
         names.append(out_path.name)
         previous_path = out_path
     distributed.on_main(write_chain, names)
-    finish_stage([n.removesuffix(".pt") for n in names])
     if distributed.is_main():
         print(f"[assistant] chain of {len(names)} assistant(s): {names}")
 

@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from robustkd import attacks, data, evaluation  # noqa: E402
 from robustkd.diagnostics import worst_case_points  # noqa: E402
 from robustkd.errors import ProjectError  # noqa: E402
+from robustkd.params import read_yaml  # noqa: E402
 from robustkd.io import atomic_write_json  # noqa: E402
 from robustkd.losses import PGDAT, Distillation, TemperatureCE  # noqa: E402
 from robustkd.adversarial import InnerAttack  # noqa: E402
@@ -259,7 +260,7 @@ def bench_pipeline(repo: Path, clone: Path) -> dict:
     subprocess.run(["git", "add", "-A"], cwd=clone, check=True)
     subprocess.run(["git", "-c", "user.name=bench", "-c", "user.email=bench@robustkd.invalid", "commit", "-qm",
                     "bench: default run"], cwd=clone, check=True)
-    seed = yaml.safe_load((clone / "params.yaml").read_text())["attack"]["seed"]
+    seed = read_yaml((clone / "params.yaml").read_text())["attack"]["seed"]
     set_param(clone / "params.yaml", "attack", "seed", seed + 1)
     rerun, rss, stdout = run_measured(["dvc", "repro"], clone)
     log(f"pipeline: dvc repro after an attack-only change {rerun:.1f} s (full {full:.1f} s)")
@@ -288,7 +289,7 @@ def restore_default_run(clone: Path) -> None:
 
 
 def set_param(params_path: Path, group: str, key: str, value) -> None:
-    params = yaml.safe_load(params_path.read_text())
+    params = read_yaml(params_path.read_text())
     params[group][key] = value
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
 
@@ -355,7 +356,7 @@ def main() -> None:
         parser.error("torchattacks is needed for the reference PGD: pip install --no-deps torchattacks==3.5.1 scipy")
 
     device = pick_device()
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = read_yaml((ROOT / "params.yaml").read_text())
     attack_cfg = params["attack"]
     if args.quick:
         attack_cfg = {**attack_cfg, "n_points": 40, "cw_l2": {**attack_cfg["cw_l2"], "n_points": 10},

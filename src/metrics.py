@@ -1,7 +1,9 @@
 """Stage `metrics`: per-model metrics.json, gradient-masking report, plot data (JSON) and PNG figures.
 
 Training times go to timing.json, not metrics.json: metrics.json depends only on params (same params ->
-same bytes), wall-clock time never does. Method darht: darht_transferability.json (the teachers' K x K
+same bytes), wall-clock time never does. They are read from .timing/<role>.json, which each training stage writes
+beside its checkpoint: neither a DVC output nor a dep, so a retraining that gives the same checkpoint reruns
+nothing downstream, and a rerun of this stage alone reports the latest training times. Method darht: darht_transferability.json (the teachers' K x K
 transferability matrix, and each teacher's transfer to the student) and its heatmap; other methods write an
 empty matrix there. Torch-free (robustkd.stage, robustkd.suite), so the stage starts fast.
 """
@@ -15,6 +17,15 @@ from robustkd.suite import eps_key
 
 RESULTS_DIR = Path("results/attack")
 PLOTS_DIR = Path("plots")
+TIMING_DIR = Path(".timing")  # robustkd.pipeline.TIMING_DIR (not imported: that module needs torch)
+
+
+def train_seconds(role: str) -> float | None:
+    """The training seconds the stage that trained ``role`` recorded; None if it left none (e.g. another clone)."""
+    try:
+        return json.loads((TIMING_DIR / f"{role}.json").read_text())["train_seconds"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def load_results() -> list[dict]:
@@ -42,9 +53,9 @@ def main(params: dict) -> None:
     metrics = {r["model"]: summarise(r, thresholds) for r in results}
     headline = results[0]["headline_eps"]
     atomic_write_json("metrics.json", metrics)
-    train_seconds = {r["model"]: r["info"].get("train_seconds") for r in results}
-    atomic_write_json("timing.json", {"train_seconds": train_seconds,
-                                      "train_seconds_total": round(sum(v or 0 for v in train_seconds.values()), 2)})
+    seconds = {r["model"]: train_seconds(r["info"].get("role", r["model"])) for r in results}
+    atomic_write_json("timing.json", {"train_seconds": seconds,
+                                      "train_seconds_total": round(sum(v or 0 for v in seconds.values()), 2)})
     atomic_write_text("results/gradient_masking.md", masking_report(metrics, headline))
 
     acc_rob = [{"model": n, "clean_acc": m["clean_acc"], "worst_case_acc": m["worst_case_headline"],

@@ -303,9 +303,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.models or args.purification:
         eps = args.headline_eps
         if eps is None:
-            import yaml
+            from robustkd.params import read_yaml
 
-            eps = yaml.safe_load(open("params.yaml"))["attack"]["headline_eps"]
+            eps = read_yaml(open("params.yaml").read())["attack"]["headline_eps"]
         render = models_table if args.models else purification_table
         print(render(json.loads(open(args.models or args.purification).read()), eps))
         return

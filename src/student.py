@@ -7,7 +7,7 @@ learns from the K teachers of the `darht_teacher@<name>` stages, through a featu
 """
 from robustkd import darht, purification
 from robustkd.methods import METHODS, loss_params
-from robustkd.pipeline import (LIVE_DIR, MODELS_DIR, chain_paths, finish_stage, load_model, load_training_data,
+from robustkd.pipeline import (LIVE_DIR, MODELS_DIR, chain_paths, load_model, load_training_data,
                                run_stage, train_role)
 
 
@@ -20,7 +20,6 @@ def main(params: dict) -> None:
         darht.train_student(params, meta, train_data, val_data)
     else:
         train_classifier_student(params, method, meta, train_data, val_data)
-    finish_stage(["student"])
 
 
 def train_classifier_student(params: dict, method, meta: dict, train_data, val_data) -> None:

@@ -5,7 +5,7 @@ for every other method that folder holds only an empty manifest.
 """
 from robustkd import distributed, purification
 from robustkd.methods import METHODS, loss_params, teacher_loss, teacher_temperature, teacher_training
-from robustkd.pipeline import LIVE_DIR, MODELS_DIR, finish_stage, load_training_data, run_stage, train_role
+from robustkd.pipeline import LIVE_DIR, MODELS_DIR, load_training_data, run_stage, train_role
 
 
 def main(params: dict) -> None:
@@ -22,7 +22,6 @@ def main(params: dict) -> None:
     if METHODS[params["method"]].purifies:
         names = purification.train_teacher_purifiers(params, meta, train_data, val_data)
     distributed.on_main(purification.write_manifest, names)
-    finish_stage(["teacher", *(n.removesuffix(".pt") for n in names)])
 
 
 if __name__ == "__main__":

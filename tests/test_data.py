@@ -18,6 +18,7 @@ from fixtures_data import (
 from robustkd import data
 from robustkd.errors import DataError
 
+REAL_FASHION_MNIST = data.SYSTEM_FASHION_MNIST_DIR  # captured before any test hides it
 needs_foolbox = pytest.mark.skipif(foolbox_data_dir() is None, reason="foolbox sample images not installed")
 
 
@@ -97,6 +98,73 @@ def test_real_fashion_mnist(tmp_path):
     assert raw.train_x.dtype == torch.uint8 and raw.train_y.dtype == torch.int64
     assert sorted(raw.train_y.unique().tolist()) == list(range(10)) and len(raw.class_names) == 10
     assert torch.bincount(raw.train_y).tolist() == [6000] * 10
+
+
+@pytest.mark.skipif(not data.SYSTEM_FASHION_MNIST_DIR.is_dir(), reason="dataset-fashion-mnist package not installed")
+def test_real_fashion_mnist_files_have_published_md5s():
+    """The Debian package's four files match their listed md5s (Zalando's are listed too, for the original .gz)."""
+    for name in data.IDX_FILES.values():
+        path = data.SYSTEM_FASHION_MNIST_DIR / name
+        assert data.check_published_md5("fashion_mnist", path, data.OFFICIAL_COUNTS[name.removesuffix(".gz")])
+
+
+def _copy_real_labels(tmp_path, no_system_data, gz=True):
+    """A raw folder with a small synthetic training set and the real Debian test set (labels: 5 kB .gz)."""
+    raw_dir = tmp_path / "raw"
+    write_fashion_mnist_idx(raw_dir, n_train=30, n_test=10, seed=0)
+    folder = raw_dir / "FashionMNIST" / "raw"
+    shutil.copy(REAL_FASHION_MNIST / "t10k-images-idx3-ubyte.gz", folder / "t10k-images-idx3-ubyte.gz")
+    real = (REAL_FASHION_MNIST / "t10k-labels-idx1-ubyte.gz").read_bytes()
+    (folder / "t10k-labels-idx1-ubyte.gz").unlink()
+    if gz:
+        (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(real)
+        return raw_dir, folder / "t10k-labels-idx1-ubyte.gz"
+    import gzip
+    (folder / "t10k-labels-idx1-ubyte").write_bytes(gzip.decompress(real))
+    return raw_dir, folder / "t10k-labels-idx1-ubyte"
+
+
+@pytest.mark.skipif(not data.SYSTEM_FASHION_MNIST_DIR.is_dir(), reason="dataset-fashion-mnist package not installed")
+def test_damaged_gz_is_a_one_line_error_naming_the_file(tmp_path, no_system_data):
+    """Flipped bytes in a real .gz (zlib.error, CRC error, bad header) and truncations: a DataError, never zlib's."""
+    import random
+    import zlib  # noqa: F401 - the exception this used to leak
+
+    raw_dir, path = _copy_real_labels(tmp_path, no_system_data)
+    good = path.read_bytes()
+    assert len(data.load_raw("fashion_mnist", raw_dir).test_y) == 10000  # the intact copy loads
+    cases = [bytes(good[:n]) for n in (5, len(good) // 2, len(good) - 4)]
+    for pos in random.Random(0).sample(range(len(good)), 20):
+        damaged = bytearray(good)
+        damaged[pos] ^= 0xFF
+        cases.append(bytes(damaged))
+    for damaged in cases:
+        path.write_bytes(damaged)
+        with pytest.raises(DataError) as err:
+            data.load_raw("fashion_mnist", raw_dir)
+        assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.skipif(not data.SYSTEM_FASHION_MNIST_DIR.is_dir(), reason="dataset-fashion-mnist package not installed")
+def test_full_size_file_with_another_md5_is_refused(tmp_path, no_system_data):
+    """A flipped label in an uncompressed copy still parses (a valid label): only the published md5 catches it."""
+    raw_dir, path = _copy_real_labels(tmp_path, no_system_data, gz=False)
+    good = path.read_bytes()
+    assert len(data.load_raw("fashion_mnist", raw_dir).test_y) == 10000
+    damaged = bytearray(good)
+    damaged[100] = (damaged[100] + 1) % 10
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte: md5 .* not the published md5.*damaged"):
+        data.load_raw("fashion_mnist", raw_dir)
+
+
+def test_subset_files_have_no_published_md5_to_match(fashion):
+    """Files with fewer items than the official ones (test fixtures, subsets) are not held to the published md5."""
+    raw_dir, _ = fashion
+    path = raw_dir / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte.gz"
+    assert data.check_published_md5("fashion_mnist", path, 10) is False
+    with pytest.raises(DataError, match="not the published md5"):
+        data.check_published_md5("fashion_mnist", path, 10000)
 
 
 # ---------------------------------------------------------------- CIFAR

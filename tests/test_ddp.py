@@ -150,7 +150,9 @@ def test_stage_scripts_run_under_torchrun(tmp_path):
     files = lambda repo: sorted(p.relative_to(repo).as_posix() for d in ("models", "dvclive")  # noqa: E731
                                 for p in (repo / d).rglob("*") if p.is_file())
     assert files(repos["ddp"]) == files(repos["single"])
-    assert not list((repos["ddp"] / ".resume").glob("*"))  # finish_stage ran (on rank 0)
+    # rank 0 alone wrote the resume files (kept, finished, as in a single process) and the timing files
+    assert sorted(p.name for p in (repos["ddp"] / ".resume").glob("*")) == ["assistant_1.pt", "teacher.pt"]
+    assert sorted(p.name for p in (repos["ddp"] / ".timing").glob("*")) == ["assistant_1.json", "teacher.json"]
     for ckpt in ("models/teacher.pt", "models/assistants/assistant_1.pt"):
         load = lambda repo: torch.load(repo / ckpt, weights_only=True)["state_dict"]  # noqa: E731
         gap = relative_l2_gap(load(repos["ddp"]), load(repos["single"]))

@@ -109,3 +109,18 @@ def test_mutating_one_key_never_crashes(path, value):
         validate(p)
     except ParamsError as err:
         assert ".".join(path) in str(err) or "attack" in str(err)
+
+
+def test_params_are_read_as_yaml_1_2_like_dvc(tmp_path):
+    """DVC reads params.yaml as YAML 1.2 (ruamel.yaml); PyYAML's 1.1 rules read `3e-3` as a string, `yes` as true,
+    `010` as 8. The project's loader must agree with DVC, or a value DVC accepts fails our schema (or worse, differs)."""
+    from robustkd import params
+
+    doc = params.read_yaml("a: 3e-3\nb: 1E+2\nc: yes\nd: 010\ne: 1:30\nf: .inf\ng: 0o17\nh: 0x1f\ni: true\nj: -2\n")
+    assert doc == {"a": 0.003, "b": 100.0, "c": "yes", "d": 10, "e": "1:30", "f": float("inf"), "g": 15, "h": 31,
+                   "i": True, "j": -2}
+    assert yaml.safe_load("a: 3e-3")["a"] == "3e-3"  # what the 1.1 reader did
+    text = (Path(__file__).resolve().parents[1] / "params.yaml").read_text()
+    (tmp_path / "params.yaml").write_text(text.replace("  lr: 0.003\n", "  lr: 3e-3\n", 1))
+    assert params.load(tmp_path / "params.yaml")["teacher"]["lr"] == 0.003
+    assert params.read_yaml(text) == BASE  # the shipped file reads the same either way

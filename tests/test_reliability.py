@@ -2,14 +2,12 @@
 
 Two tiny repos with identical params: one runs uninterrupted (module fixture, shared by both tests); the
 other is SIGKILLed, whole process group (dvc and the stage's python), while the teacher trains its second
-epoch, then `dvc repro` is simply run again. Both must end with the same bytes in metrics.json, plots/*.json
-and the dvclive logs, and with equal weights in every checkpoint.
-
-Checkpoint files themselves are not compared byte for byte: their info records `train_seconds`, which is
-the one time-dependent value (it also reaches results/attack/*.json, but not metrics.json or the plots).
+epoch, then `dvc repro` is simply run again. Both must end with the same bytes in metrics.json, plots/*.json,
+the dvclive logs and every checkpoint (checkpoints hold no wall-clock time: that goes to .timing/ and timing.json).
 """
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -21,7 +19,7 @@ import torch
 from tiny_repo import darht_stages, env, make_tiny_repo, run, stages_run, tiny_params
 
 pytestmark = pytest.mark.slow
-ALL_STAGES = {"prepare", "teacher", "assistant", "student", "surrogate", "predict", "attack", "metrics"} | darht_stages()
+ALL_STAGES = {"validate", "prepare", "teacher", "assistant", "student", "surrogate", "predict", "attack", "metrics"} | darht_stages()
 TEACHER_EPOCHS = 3
 CHECKPOINTS = ("models/teacher.pt", "models/assistants/assistant_1.pt", "models/student.pt", "models/surrogate.pt")
 
@@ -51,6 +49,10 @@ def output_bytes(repo) -> dict[str, bytes]:
     return {p.relative_to(repo).as_posix(): p.read_bytes() for p in paths}
 
 
+def checkpoint_bytes(repo) -> dict[str, bytes]:
+    return {name: (repo / name).read_bytes() for name in CHECKPOINTS}
+
+
 def weights(repo) -> dict[str, dict[str, torch.Tensor]]:
     return {name: torch.load(repo / name, weights_only=True)["state_dict"] for name in CHECKPOINTS}
 
@@ -75,7 +77,7 @@ def uninterrupted(tmp_path_factory):
     out = run(["dvc", "repro"], repo)
     assert stages_run(out.stdout) == ALL_STAGES
     # A snapshot: the forced rerun below rewrites these files in place.
-    return repo, output_bytes(repo), weights(repo)
+    return repo, {**output_bytes(repo), **checkpoint_bytes(repo)}, weights(repo)
 
 
 def group_members(pgid: int) -> list[int]:
@@ -126,18 +128,21 @@ def test_kill_mid_epoch_then_repro_matches_uninterrupted_run(tmp_path, uninterru
     assert f"[teacher] resuming after epoch {done} from .resume/teacher.pt" in out.stdout
     # prepare (and any stage DVC ran before the teacher) had finished and was recorded in dvc.lock
     assert stages_run(out.stdout) == ALL_STAGES - (stages_run(log_path.read_text()) - {"teacher"})
-    assert not resume_file.exists()  # removed once the checkpoint is saved
+    # kept, with every epoch, once the checkpoint is saved: a stage killed after its script ended but before DVC
+    # recorded it is rebuilt from it without training
+    assert torch.load(resume_file, weights_only=True)["epoch"] == TEACHER_EPOCHS
 
-    assert_same_outputs(output_bytes(repo), expected_outputs)
+    assert_same_outputs({**output_bytes(repo), **checkpoint_bytes(repo)}, expected_outputs)
     assert_same_weights(weights(repo), expected_weights)
 
 
 def test_forced_rerun_is_byte_identical(uninterrupted):
     repo, expected_outputs, expected_weights = uninterrupted
+    shutil.rmtree(repo / ".resume")  # finished stages keep their resume state: without it, every model retrains
     out = run(["dvc", "repro", "--force"], repo)
     assert stages_run(out.stdout) == ALL_STAGES
-    assert "resuming" not in out.stdout  # a finished stage leaves no resume file behind
-    assert_same_outputs(output_bytes(repo), expected_outputs)
+    assert "resuming" not in out.stdout and "rebuilding" not in out.stdout  # trained from scratch
+    assert_same_outputs({**output_bytes(repo), **checkpoint_bytes(repo)}, expected_outputs)
     assert_same_weights(weights(repo), expected_weights)
 
 

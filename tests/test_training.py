@@ -114,7 +114,8 @@ def test_augment_batch_crops_and_flips_on_tensors():
 def test_stage_killed_after_its_first_model_does_not_train_it_again(tmp_path, monkeypatch):
     """A stage that trains two models (the teacher and its purifiers, an assistant chain), killed while training
     the second: the rerun rebuilds the first model's checkpoint byte for byte from its finished resume file,
-    without a single training step, and its dvclive log too; finish_stage then removes both resume files."""
+    without a single training step, and its dvclive log too. Both finished resume files are kept afterwards (a stage
+    killed after its script ended, before DVC recorded it, reruns in seconds the same way)."""
     from robustkd import pipeline
 
     monkeypatch.chdir(tmp_path)
@@ -144,6 +145,59 @@ def test_stage_killed_after_its_first_model_does_not_train_it_again(tmp_path, mo
     assert role("first", must_not_train) == first_info
     assert (tmp_path / "first.pt").read_bytes() == first_bytes
     assert _live_files(tmp_path / "live" / "first") == first_live
-    role("second", TemperatureCE(1.0), upstream=[tmp_path / "first.pt"])
-    pipeline.finish_stage(["first", "second"])
-    assert not list((tmp_path / ".resume").iterdir())
+    second_info = role("second", TemperatureCE(1.0), upstream=[tmp_path / "first.pt"])
+    second_bytes = (tmp_path / "second.pt").read_bytes()
+    assert sorted(p.name for p in (tmp_path / ".resume").iterdir()) == ["first.pt", "second.pt"]
+    (tmp_path / "second.pt").unlink()
+    assert role("second", must_not_train, upstream=[tmp_path / "first.pt"]) == second_info
+    assert (tmp_path / "second.pt").read_bytes() == second_bytes
+
+
+def _other_precision(real):
+    """The precision this device would not use (fp32 where bf16 is native, bf16 autocast elsewhere)."""
+    return lambda device, engine: training.FP32 if real(device, engine) == training.BF16_AUTOCAST else training.BF16_AUTOCAST
+
+
+@pytest.mark.parametrize("part, patch", [
+    ("threads", lambda mp: mp.setattr(torch, "get_num_threads", lambda: 977)),
+    ("torch", lambda mp: mp.setattr(torch, "__version__", "0.0.1-other")),
+    ("precision", lambda mp: mp.setattr(training, "precision_name", _other_precision(training.precision_name))),
+])
+def test_resume_fingerprint_covers_what_changes_the_weights(tmp_path, monkeypatch, capsys, part, patch):
+    """Thread count, torch version and precision change the weights: a resume file from a run that differed in any
+    of them is not used, and the log says which part differed."""
+    args = (TemperatureCE(1.0), toy_data(96, 0), toy_data(30, 1))
+    one_epoch = TrainConfig(**{**CFG.__dict__, "epochs": 1})
+    train(fresh_model(), *args, one_epoch, "r", resume_path=tmp_path / "r.pt", run_id="same")
+    parts = torch.load(tmp_path / "r.pt", weights_only=True)["fingerprint"]
+    assert set(parts) >= {"run", "config", "threads", "precision", "device", "torch", "world_size"}
+    capsys.readouterr()
+    with monkeypatch.context() as mp:
+        patch(mp)
+        result = train(fresh_model(), *args, one_epoch, "r", resume_path=tmp_path / "r.pt", run_id="same")
+    out = capsys.readouterr().out
+    assert len(result.history) == 1 and "rebuilding" not in out
+    assert "not resuming from" in out and f"{part}: " in out, out
+    assert [p for p in ("threads", "torch", "precision", "config", "run") if f"{p}: " in out] == [part]
+
+
+def test_finished_resume_file_rebuilds_without_training_and_a_damaged_one_is_ignored(tmp_path, capsys):
+    args = (TemperatureCE(1.0), toy_data(96, 0), toy_data(30, 1), CFG, "r")
+    first = train(fresh_model(), *args, resume_path=tmp_path / "r.pt", run_id="x")
+    assert torch.load(tmp_path / "r.pt", weights_only=True)["epoch"] == CFG.epochs  # kept after training ends
+    capsys.readouterr()
+
+    def must_not_train(model, x, y):
+        raise AssertionError("trained again")
+
+    again = train(fresh_model(), must_not_train, *args[1:], resume_path=tmp_path / "r.pt", run_id="x")
+    assert "rebuilding the checkpoint without training" in capsys.readouterr().out
+    assert all(torch.equal(p, q) for p, q in zip(first.model.state_dict().values(), again.model.state_dict().values()))
+    assert again.seconds == first.seconds and again.fingerprint == first.fingerprint
+    data = bytearray((tmp_path / "r.pt").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / "r.pt").write_bytes(bytes(data))
+    fresh = train(fresh_model(), *args, resume_path=tmp_path / "r.pt", run_id="x")
+    out = capsys.readouterr().out
+    assert "not resuming" in out and "r.pt: damaged" in out and len(fresh.history) == CFG.epochs
+    assert all(torch.equal(p, q) for p, q in zip(first.model.state_dict().values(), fresh.model.state_dict().values()))

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from fixtures_data import write_fashion_mnist_idx
+from robustkd.params import read_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 GIT_ENV = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.invalid",
@@ -23,7 +24,7 @@ TRAINED_ROLES = ("teacher", "assistant", "student", "surrogate", "purifier_teach
 
 def tiny_params() -> dict:
     """The repo's params.yaml shrunk to seconds per stage; every code path still runs."""
-    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p = read_yaml((ROOT / "params.yaml").read_text())
     p["data"].update(val_size=100, train_subset=400, test_subset=200)
     for role in TRAINED_ROLES:
         p[role].update(epochs=2, batch_size=64)
@@ -44,7 +45,7 @@ def tiny_params() -> dict:
 def darht_stages(params: dict | None = None) -> set[str]:
     """The `darht_teacher@<name>` stages (one per entry of darht.pool); for other methods they only write a marker,
     but they run whenever `method` changes."""
-    p = params or yaml.safe_load((ROOT / "params.yaml").read_text())
+    p = params or read_yaml((ROOT / "params.yaml").read_text())
     return {f"darht_teacher@{name}" for name in p["darht"]["pool"]}
 
 
@@ -84,7 +85,7 @@ def make_tiny_repo(path: Path, params: dict | None = None) -> Path:
 
 def set_params(repo: Path, **changes) -> None:
     """Edit params.yaml: keys are dotted paths given with '__' (attack__eps=[...])."""
-    p = yaml.safe_load((repo / "params.yaml").read_text())
+    p = read_yaml((repo / "params.yaml").read_text())
     for dotted, value in changes.items():
         node, keys = p, dotted.split("__")
         for k in keys[:-1]:

@@ -80,7 +80,7 @@ def train_pool_member(params: dict, name: str) -> None:
 
     from .methods import TEACHER_TRAININGS, loss_params
     from .models import model_spec
-    from .pipeline import finish_stage, load_training_data, train_role
+    from .pipeline import load_training_data, train_role
 
     meta, train_data, val_data = load_training_data()
     group = training_group(params, name)
@@ -102,7 +102,6 @@ def train_pool_member(params: dict, name: str) -> None:
                       params_group=f"darht.pool.{name}",
                       build=build)
     _write_marker(name, {**marker, "used": True, "val_acc": info["val_acc"], "best_epoch": info["best_epoch"]})
-    finish_stage([role(name)])
 
 
 def teacher_checkpoints(params: dict) -> list[tuple[str, Path]]:

@@ -16,6 +16,7 @@ import shutil
 import struct
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,78 @@ REGENERATE = "Regenerate it with `dvc repro --force prepare` (or `python src/pre
 SYSTEM_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 TINYIMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 TINYIMAGENET_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
+
+# Published md5s of the raw files, by dataset and file name; checked by ``check_published_md5`` whenever a file holds
+# as many items as the official one (a subset or a test fixture has no published checksum). Only values verified
+# on this machine are listed:
+# * Fashion-MNIST .gz: Zalando's README (github.com/zalandoresearch/fashion-mnist), the same values as torchvision
+#   0.x's FashionMNIST.resources; and the files of the Debian package `dataset-fashion-mnist`, which are the same
+#   deflate streams re-gzipped without the file name in the header (each is exactly len(name) + 1 bytes shorter), so
+#   they have other md5s: those below match the package's own /var/lib/dpkg/info/dataset-fashion-mnist.md5sums.
+#   Uncompressed IDX files: the md5s of the Debian files decompressed (not published by Zalando).
+# * MNIST .gz: torchvision's MNIST.resources (LeCun's files as mirrored by torchvision). Uncompressed: none known.
+# * CIFAR-10 / CIFAR-100 python batches: torchvision's CIFAR10/CIFAR100 train_list, test_list and meta md5s (of the
+#   files inside the official tarballs; the tarballs themselves are not read here).
+# * Tiny ImageNet: TINYIMAGENET_MD5 is checked when the zip is downloaded; a zip's members carry CRCs of their own.
+PUBLISHED_MD5: dict[str, dict[str, set[str]]] = {
+    "fashion_mnist": {
+        "train-images-idx3-ubyte.gz": {"8d4fb7e6c68d591d4c3dfef9ec88bf0d", "cf8536b0aa1a6ac5fa3f23001093305c"},
+        "train-labels-idx1-ubyte.gz": {"25c81989df183df01b3e8a0aad5dffbe", "10bea18fdb374794d4bb42e356e600c9"},
+        "t10k-images-idx3-ubyte.gz": {"bef4ecab320f06d8554ea6380940ec79", "f78720b4224f21cce2f2ccf2d7a94c9a"},
+        "t10k-labels-idx1-ubyte.gz": {"bb300cfdad3c16e7a12a480ee83cd310", "0d30e22e447f3c33dab9ed536400ac01"},
+        "train-images-idx3-ubyte": {"f4a8712d7a061bf5bd6d2ca38dc4d50a"},
+        "train-labels-idx1-ubyte": {"9018921c3c673c538a1fc5bad174d6f9"},
+        "t10k-images-idx3-ubyte": {"8181f5470baa50b63fa0f6fddb340f0a"},
+        "t10k-labels-idx1-ubyte": {"15d484375f8d13e6eb1aabb0c3f46965"},
+    },
+    "mnist": {
+        "train-images-idx3-ubyte.gz": {"f68b3c2dcbeaaa9fbdd348bbdeb94873"},
+        "train-labels-idx1-ubyte.gz": {"d53e105ee54ea40749a09fcbcd1e9432"},
+        "t10k-images-idx3-ubyte.gz": {"9fb629c4189551a2d022fa330f9573f3"},
+        "t10k-labels-idx1-ubyte.gz": {"ec29112dd5afa0611ce80d1b7f02629c"},
+    },
+    "cifar10": {
+        "data_batch_1": {"c99cafc152244af753f735de768cd75f"}, "data_batch_2": {"d4bba439e000b95fd0a9bffe97cbabec"},
+        "data_batch_3": {"54ebc095f3ab1f0389bbae665268c751"}, "data_batch_4": {"634d18415352ddfa80567beed471001a"},
+        "data_batch_5": {"482c414d41f54cd18b22e5b47cb7c3cb"}, "test_batch": {"40351d587109b95175f43aff81a1287e"},
+        "batches.meta": {"5ff9c542aee3614f3951f8cda6e48888"},
+    },
+    "cifar100": {
+        "train": {"16019d7e3df5f24257cddd939b257f8d"}, "test": {"f0ef6b0ae62326f3e7ffdfab6717acfc"},
+        "meta": {"7973b15100ade9c7d40fb424638fde48"},
+    },
+}
+# How many items the official file holds: a file that holds as many must have a published md5 (if one is known).
+OFFICIAL_COUNTS = {"train-images-idx3-ubyte": 60_000, "train-labels-idx1-ubyte": 60_000,
+                   "t10k-images-idx3-ubyte": 10_000, "t10k-labels-idx1-ubyte": 10_000,
+                   "data_batch_1": 10_000, "data_batch_2": 10_000, "data_batch_3": 10_000, "data_batch_4": 10_000,
+                   "data_batch_5": 10_000, "test_batch": 10_000, "train": 50_000, "test": 10_000}
+
+
+def md5_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_published_md5(dataset: str, path: Path, n_items: int) -> bool:
+    """True if ``path`` has a published md5 of its file name; a DataError if it holds as many items as the official
+    file but matches none (a damaged or altered copy); False when no check applies (a subset, or no md5 known)."""
+    path = Path(path)
+    known = PUBLISHED_MD5.get(dataset, {}).get(path.name)
+    if not known:
+        return False
+    md5 = md5_file(path)
+    if md5 in known:
+        return True
+    if n_items == OFFICIAL_COUNTS.get(path.name.removesuffix(".gz")):
+        raise DataError(f"{path}: md5 {md5} is not the published md5 of {dataset}'s {path.name} "
+                        f"({' or '.join(sorted(known))}), though it holds the official {n_items} items: the file is "
+                        f"damaged or altered. Delete it and get the official file again (see README, Data).")
+    return False
+
 
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -110,8 +183,9 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
     path = Path(path)
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as err:
-        raise DataError(f"{path}: cannot read IDX file ({err}).") from None
+    except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as err:  # a flipped byte in a .gz: zlib.error or CRC
+        raise DataError(f"{path}: cannot read IDX file, corrupted or truncated ({type(err).__name__}: {err}). "
+                        f"Delete it and get the official file again (see README, Data).") from None
     ndim = 3 if magic == IDX_IMAGES_MAGIC else 1
     header = 4 + 4 * ndim
     if len(raw) < header:
@@ -165,6 +239,8 @@ def _load_idx_dataset(name: str, raw_dir: Path, download: bool) -> RawData:
             f"Searched: {', '.join(str(d) for d in dirs)}. Fix: {apt}copy the four files to "
             f"{raw_dir / sub / 'raw'}/, or set `data.download: true` in params.yaml (needs internet).")
     arrays = {k: read_idx(p, IDX_IMAGES_MAGIC if k.endswith("_x") else IDX_LABELS_MAGIC) for k, p in files.items()}
+    for k, p in files.items():
+        check_published_md5(name, p, len(arrays[k]))
     for split in ("train", "test"):
         if len(arrays[f"{split}_x"]) != len(arrays[f"{split}_y"]):
             raise DataError(f"{files[split + '_x']} has {len(arrays[split + '_x'])} images but "
@@ -250,6 +326,8 @@ def _load_cifar(name: str, raw_dir: Path, download: bool) -> RawData:
                         f"version archive into {raw_dir}/, or set `data.download: true` in params.yaml (needs internet).")
     train = [_cifar_batch(p, label_key) for p in needed[:-2]]
     test_x, test_y = _cifar_batch(needed[-2], label_key)
+    for p, n in zip(needed[:-1], [len(b[1]) for b in train] + [len(test_y)]):
+        check_published_md5(name, p, n)
     meta = load_pickle_restricted(needed[-1])
     names = meta.get(names_key) if isinstance(meta, dict) else None
     if not isinstance(names, list):
@@ -295,7 +373,7 @@ class _TinyImageNetSource:
             if self.zip is not None:
                 return self.zip.read("tiny-imagenet-200/" + member)
             data = (self.folder / member).read_bytes()
-        except (KeyError, OSError, zipfile.BadZipFile) as err:
+        except (KeyError, OSError, EOFError, zlib.error, zipfile.BadZipFile) as err:
             raise DataError(f"{self.where(member)}: cannot read ({err}). Incomplete or corrupted Tiny ImageNet; "
                             f"re-download {TINYIMAGENET_URL}.") from None
         self.digest.update(member.encode() + b"\0" + data)
@@ -346,7 +424,7 @@ def _load_tinyimagenet(name: str, raw_dir: Path, download: bool) -> RawData:
                         f"{raw_dir}/, or set `data.download: true` in params.yaml (needs internet).")
     try:
         src = _TinyImageNetSource(raw_dir)
-    except (zipfile.BadZipFile, OSError) as err:
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as err:
         raise DataError(f"{zip_path}: not a valid zip ({err}). Delete it and re-download {TINYIMAGENET_URL}.") from None
     try:
         return _read_tinyimagenet(src)

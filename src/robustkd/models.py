@@ -16,9 +16,11 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
-from .io import atomic_torch_save, safe_torch_load
+from .io import atomic_torch_save_sealed, load_sealed, restore_hint
 
-CHECKPOINT_FORMAT = "robustkd-checkpoint-v1"
+# v2: a content digest (weights, spec, info) inside, the whole-file sha256 seal outside (robustkd.io), and no
+# wall-clock time in the info, so that the same training gives the same bytes.
+CHECKPOINT_FORMAT = "robustkd-checkpoint-v2"
 
 # Layer widths of the seed paper's CNN (Mandal & Gao; after Papernot et al.): 4 conv + 2 dense.
 PAPERNOT_WIDTHS = {"mnist": (32, 32, 64, 64, 200, 200), "cifar": (64, 64, 128, 128, 256, 256)}
@@ -358,10 +360,34 @@ def model_spec(arch: str, meta: dict, width: str | int = "mnist", temperature: f
     return spec
 
 
+def content_digest(spec: dict, info: dict, state: dict[str, torch.Tensor]) -> str:
+    """sha256 of what determines the model: its spec, its info and every tensor (name, dtype, shape, bytes).
+
+    Stored in the checkpoint and checked at load. The whole-file seal (``robustkd.io.load_sealed``) already
+    catches damage to the file's bytes; this digest also catches a checkpoint rewritten by other code (e.g. a
+    state_dict edited and saved again) and ties the weights to the spec they are rebuilt with.
+    """
+    import hashlib
+    import json
+
+    h = hashlib.sha256(json.dumps({"spec": spec, "info": info}, sort_keys=True, default=str).encode())
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"\0{name}\0{t.dtype}\0{list(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def _read_checkpoint(path: str | Path) -> dict:
-    ckpt = safe_torch_load(path)
+    ckpt = load_sealed(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint; regenerate it with `dvc repro`.")
+    spec, info, state = ckpt.get("spec"), ckpt.get("info"), ckpt.get("state_dict")
+    if not (isinstance(spec, dict) and isinstance(info, dict) and isinstance(state, dict)
+            and all(isinstance(v, torch.Tensor) for v in state.values())
+            and ckpt.get("digest") == content_digest(spec, info, state)):
+        raise CheckpointError(f"{path}: damaged: its weights or config do not match the digest stored with them. "
+                              f"{restore_hint(path)}")
     return ckpt
 
 
@@ -376,8 +402,11 @@ def read_info(path: str | Path) -> dict:
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, spec: dict, info: dict) -> None:
+    """Weights, spec and info (what trained it: config and run fingerprint, never a wall-clock time), a content
+    digest of the three, and the whole-file seal: the same model gives the same bytes, and damage is found at load."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_torch_save({"format": CHECKPOINT_FORMAT, "spec": spec, "info": info, "state_dict": state}, path)
+    atomic_torch_save_sealed({"format": CHECKPOINT_FORMAT, "spec": spec, "info": info, "state_dict": state,
+                              "digest": content_digest(spec, info, state)}, path)
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:

@@ -371,12 +371,65 @@ def validate(params: Any) -> dict:
     return params
 
 
+class Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 (core schema) scalars, as DVC (ruamel.yaml) reads params.yaml.
+
+    PyYAML implements YAML 1.1, which differs where it matters for params: `3e-3` (no dot) is a string in 1.1 and a
+    float in 1.2; `yes`/`no`/`on`/`off` are booleans in 1.1 and strings in 1.2; `010` is octal 8 in 1.1 and 10 in
+    1.2; `1:30` is sexagesimal 90 in 1.1 and a string in 1.2. The stages must see what DVC sees (DVC decides what
+    changed from its own reading), so every reader of params.yaml uses this loader.
+    """
+
+
+Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers
+            if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_YAML12 = {
+    "tag:yaml.org,2002:bool": (r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+    "tag:yaml.org,2002:int": (r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", "-+0123456789"),
+    "tag:yaml.org,2002:float": (r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+                                r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$", "-+.0123456789"),
+}
+for _tag, (_rx, _first) in _YAML12.items():
+    Yaml12Loader.add_implicit_resolver(_tag, re.compile(_rx), list(_first))
+
+
+def _construct_int12(loader: yaml.SafeLoader, node: yaml.Node) -> int:
+    value = loader.construct_scalar(node)
+    if value.startswith("0o"):
+        return int(value[2:], 8)
+    if value.startswith("0x"):
+        return int(value[2:], 16)
+    return int(value, 10)
+
+
+def _construct_float12(loader: yaml.SafeLoader, node: yaml.Node) -> float:
+    value = loader.construct_scalar(node)
+    lowered = value.lower()
+    if lowered.endswith(".inf"):
+        return -math.inf if value.startswith("-") else math.inf
+    if lowered == ".nan":
+        return math.nan
+    return float(value)
+
+
+Yaml12Loader.add_constructor("tag:yaml.org,2002:int", _construct_int12)
+Yaml12Loader.add_constructor("tag:yaml.org,2002:float", _construct_float12)
+
+
+def read_yaml(text: str):
+    """Parse YAML text as YAML 1.2 (:class:`Yaml12Loader`), the way DVC reads params.yaml."""
+    return yaml.load(text, Loader=Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load(path: str | Path = "params.yaml") -> dict:
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: not found. Run the stage from the repository root, where params.yaml lives.")
     try:
-        params = yaml.safe_load(path.read_text())
+        params = read_yaml(path.read_text())
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
     return validate(params)

@@ -11,7 +11,7 @@ from torch import nn
 
 from . import data, distributed, stage
 from .errors import ProjectError
-from .io import sha256_file
+from .io import atomic_write_json, sha256_file
 from .models import build_model, load_checkpoint, model_spec, place, save_checkpoint
 from .training import Engine, TrainConfig, pick_device, train
 
@@ -21,6 +21,9 @@ ASSISTANTS_DIR = MODELS_DIR / "assistants"
 CHAIN_MANIFEST = ASSISTANTS_DIR / "chain.json"
 LIVE_DIR = Path("dvclive")
 RESUME_DIR = Path(".resume")  # per-epoch resume files; outside DVC's outputs so `dvc repro` keeps them
+# Each trained model's wall-clock training seconds, read by the metrics stage for timing.json. Neither a DVC output
+# nor a dep: time is not a function of the params, so it must not change a checkpoint or rerun a stage.
+TIMING_DIR = Path(".timing")
 
 
 def run_stage(main) -> None:
@@ -98,26 +101,14 @@ def train_role(role: str, group: dict, seed: int, loss_fn, out_path: Path, live_
                    resume_path=RESUME_DIR / f"{role}.pt", run_id=str(run_id),
                    batch_size_param=f"{params_group or role}.batch_size", engine=Engine.from_params(engine))
     info = {"role": role, "arch": spec.get("label", spec["arch"]), "best_epoch": result.best_epoch,
-            "val_acc": result.best_val_acc, "train_seconds": round(result.seconds, 2),
-            "train_precision": result.precision, **extra_info}
+            "val_acc": result.best_val_acc, "train_precision": result.precision, "fingerprint": result.fingerprint,
+            **extra_info}
     if distributed.is_main():
         save_checkpoint(out_path, result.model, spec, info)
+        atomic_write_json(TIMING_DIR / f"{role}.json", {"role": role, "train_seconds": round(result.seconds, 2)})
         print(f"[{role}] saved {out_path} (best epoch {result.best_epoch}, val_acc {result.best_val_acc:.4f})")
     distributed.barrier()
     return info
-
-
-def finish_stage(roles: list[str]) -> None:
-    """Delete the resume files of a stage's roles, once all of them are saved.
-
-    Kept until then: if a stage that trains several models (the teacher with its purifiers, an assistant chain)
-    is killed after its first model, a rerun finds that model's finished resume file and rebuilds the same
-    checkpoint without training it again; that checkpoint's hash is then unchanged, so the next model resumes too.
-    """
-    def remove():
-        for role in roles:
-            (RESUME_DIR / f"{role}.pt").unlink(missing_ok=True)
-    distributed.on_main(remove)
 
 
 def evaluated_models() -> dict[str, Path]:

@@ -2,9 +2,13 @@
 
 Data stays a uint8 tensor on the training device; batches are cast and augmented there, as whole
 tensors (no per-sample PIL transforms, no DataLoader workers). The checkpoint kept is the epoch with
-the best validation accuracy, never a test-set choice. Every epoch writes a resume file atomically, so a
-killed run restarts from its last complete epoch and ends with the same weights (and the same dvclive logs)
-as an uninterrupted one. A training step that runs out of memory ends the run with a ResourceError that names
+the best validation accuracy, never a test-set choice. Every epoch writes a resume file atomically (sealed like a
+checkpoint: robustkd.io.load_sealed), so a killed run restarts from its last complete epoch and ends with the same
+weights (and the same dvclive logs) as an uninterrupted one. The resume file is used only when the run's
+fingerprint matches (``run_parts``: config, data, upstream models, process count, precision, device, thread count,
+torch version); otherwise the log says which part differed. It is kept after the last epoch, so a rerun of a
+finished run (a stage killed after its script ended but before DVC recorded it) rebuilds the same checkpoint in
+seconds without a training step. A training step that runs out of memory ends the run with a ResourceError that names
 the batch-size param to lower; nothing is written before the first step has succeeded.
 
 Engine (params.yaml `engine`): on a device that computes bf16 natively (a CUDA GPU with bf16, a CPU with AVX512-BF16
@@ -30,8 +34,8 @@ from torch import nn
 from tqdm import tqdm
 
 from . import distributed
-from .errors import ProjectError, ResourceError
-from .io import safe_torch_load, atomic_torch_save
+from .errors import CheckpointError, ProjectError, ResourceError
+from .io import atomic_torch_save_sealed, load_sealed
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -164,6 +168,23 @@ def fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def run_parts(run_id: str, cfg: TrainConfig, device: torch.device, precision: str, world: int) -> dict[str, str]:
+    """Everything that changes the weights a run ends with, part by part (so a mismatch can say which part):
+    the caller's run id (role, model spec, data and upstream checksums), the training config, the process count,
+    the precision, the device type, the intra-op thread count (it changes the summation order of CPU kernels) and
+    the torch version."""
+    return {"run": fingerprint(run_id), "config": fingerprint(cfg), "world_size": str(world), "precision": precision,
+            "device": device.type, "threads": str(torch.get_num_threads()), "torch": str(torch.__version__)}
+
+
+def _mismatch(saved: dict | None, here: dict[str, str]) -> str:
+    """Why a resume file's parts differ from this run's (empty when they match)."""
+    if not isinstance(saved, dict):
+        return "it has no run fingerprint (written by an older version)"
+    diff = [f"{k}: {saved.get(k)!r} there, {v!r} here" for k, v in here.items() if saved.get(k) != v]
+    return "; ".join(diff)
+
+
 def is_out_of_memory(err: BaseException) -> bool:
     """CUDA's OutOfMemoryError, or the CPU allocator's "can't allocate memory" RuntimeError."""
     if isinstance(err, (torch.OutOfMemoryError, MemoryError)):  # torch.cuda.OutOfMemoryError is the same class
@@ -204,6 +225,7 @@ class TrainResult:
     history: list[dict]
     seconds: float
     precision: str  # what the forward and loss ran in: "bf16-autocast" or "fp32" (precision_name)
+    fingerprint: str = ""  # the run's fingerprint (run_parts), recorded in the checkpoint
 
 
 def _wrap_for_training(model: nn.Module, device: torch.device, engine: Engine, world: int) -> nn.Module:
@@ -271,19 +293,30 @@ def train(
     optimizer = make_optimizer(model, cfg)
     steps_per_epoch = math.ceil(len(y_train) / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
-    # What changes the numbers is part of the run's identity; single-process CPU runs keep their old fingerprint.
+    # What changes the numbers is part of the run's identity: a resume file of another run is never picked up.
     precision = precision_name(device, engine)
-    run_id = fingerprint(run_id, cfg, *(["world_size", world] if world > 1 else []),
-                         *(["bf16 autocast"] if precision == BF16_AUTOCAST else []))
+    parts = run_parts(run_id, cfg, device, precision, world)
+    run_id = fingerprint(parts)
     if world > 1 and rank:
         # Each process draws its own random starts / noise (DDP broadcasts rank 0's initial weights).
         torch.manual_seed(torch.initial_seed() + rank)
 
     start_epoch, best_val, best_epoch, best_state, history, elapsed = 0, -1.0, -1, None, [], 0.0
     resume_path = Path(resume_path) if resume_path else None
+    saved = None
     if resume_path and resume_path.is_file():
-        saved = safe_torch_load(resume_path, map_location=device)
-        if saved.get("run_id") == run_id:
+        try:
+            saved = load_sealed(resume_path, map_location=device)
+        except CheckpointError as err:  # a resume file is only a shortcut: never a reason to stop
+            if main:
+                print(f"[{role}] not resuming: {resume_path}: damaged or unreadable; starting from epoch 1 "
+                      f"(detail: {str(err).split('. Restore it')[0]})")
+        if saved is not None and saved.get("run_id") != run_id:
+            if main:
+                print(f"[{role}] not resuming from {resume_path}: it belongs to another run "
+                      f"({_mismatch(saved.get('fingerprint'), parts) or 'different run id'}). Starting from epoch 1.")
+            saved = None
+        if saved is not None:
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
             rng = saved["rank_rng"][rank] if world > 1 else saved
@@ -295,7 +328,11 @@ def train(
             best_state, elapsed = saved["best_state"], saved["elapsed"]
             history = json.loads(saved["history"])
             if main:
-                print(f"[{role}] resuming after epoch {start_epoch} from {resume_path}")
+                if start_epoch >= cfg.epochs:
+                    print(f"[{role}] all {cfg.epochs} epochs done in {resume_path} (same run fingerprint): "
+                          f"rebuilding the checkpoint without training")
+                else:
+                    print(f"[{role}] resuming after epoch {start_epoch} from {resume_path}")
 
     net = _wrap_for_training(model, device, engine, world)
     live = None  # opened after the first epoch: nothing is written before a training step has succeeded
@@ -377,8 +414,8 @@ def train(
                    "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None}
             ranks_rng = distributed.all_gather_object(rng) if world > 1 else None  # every process's own streams
             if main:
-                atomic_torch_save({
-                    "run_id": run_id, "epoch": epoch + 1, "model": model.state_dict(),
+                atomic_torch_save_sealed({
+                    "run_id": run_id, "fingerprint": parts, "epoch": epoch + 1, "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(), **rng,
                     **({"rank_rng": ranks_rng} if world > 1 else {}),
                     "best_val": best_val, "best_epoch": best_epoch, "best_state": best_state,
@@ -391,4 +428,4 @@ def train(
         live.end()
     model.load_state_dict(best_state)
     model.eval()
-    return TrainResult(model, best_epoch, best_val, history, elapsed, precision)
+    return TrainResult(model, best_epoch, best_val, history, elapsed, precision, run_id)
