@@ -100,6 +100,8 @@ def main(params: dict) -> None:
     atomic_write_text("results/gradient_masking.md", masking_report(metrics, reasons, headline))
 
     acc_rob = [{"model": n, "clean_acc": m["clean_acc"], "worst_case_acc": m["worst_case_headline"],
+                "worst_case_acc_ci_low": m["worst_case_headline_ci_low"],
+                "worst_case_acc_ci_high": m["worst_case_headline_ci_high"],
                 "autoattack_acc": m["autoattack_headline"]} for n, m in metrics.items()]
     vs_eps = []
     for n, m in metrics.items():
@@ -122,7 +124,13 @@ def main(params: dict) -> None:
                           **({"student": matrix["success_rate_on_student"][s]} if "success_rate_on_student" in matrix
                              else {})}.items()]
     atomic_write_json(PLOTS_DIR / "darht_transferability.json", cells)
-    plotting.transferability_heatmap(matrix, PLOTS_DIR / "darht_transferability.png")
+    # Method darht only: no placeholder figure for a method that did not run (plots/darht/ stays empty).
+    heatmap = PLOTS_DIR / "darht" / "transferability.png"
+    heatmap.parent.mkdir(parents=True, exist_ok=True)
+    if matrix["teachers"]:
+        plotting.transferability_heatmap(matrix, heatmap)
+    else:
+        heatmap.unlink(missing_ok=True)
     if matrix["teachers"]:
         print(f"[metrics] DARHT transferability (mean off-diagonal success {matrix['mean_off_diagonal']}): "
               f"{json.dumps(matrix['success_rate'])}")

@@ -159,7 +159,7 @@ def test_exp_run_darht_end_to_end(repo):
     assert set(matrix["success_rate_on_student"]) == set(matrix["teachers"])
     cells = json.loads((repo / "plots" / "darht_transferability.json").read_text())
     assert len(cells) == 4 * 5  # K x (K teachers + the student)
-    assert (repo / "plots" / "darht_transferability.png").read_bytes()[:4] == b"\x89PNG"
+    assert (repo / "plots" / "darht" / "transferability.png").read_bytes()[:4] == b"\x89PNG"
     timing = json.loads((repo / "timing.json").read_text())
     assert {f"darht_{n}" for n in used} <= set(timing["train_seconds"])
     # one teacher changes: only its stage retrains, then the student and the evaluation
