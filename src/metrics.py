@@ -1,17 +1,19 @@
-"""Stage `metrics`: per-model metrics.json, gradient-masking report, plot data (JSON) and PNG figures.
+"""Stage `metrics`: per-model metrics (headline.json, the few numbers `dvc exp show` and `dvc metrics diff` print by
+default; metrics.json, every attack at every ε), gradient-masking report, plot data (JSON) and PNG figures, then a
+closing summary on stdout: the headline table and where everything is.
 
 Training times go to timing.json, not metrics.json: metrics.json depends only on params (same params ->
 same bytes), wall-clock time never does. They are read from .timing/<role>.json, which each training stage writes
 beside its checkpoint: neither a DVC output nor a dep, so a retraining that gives the same checkpoint reruns
-nothing downstream, and a rerun of this stage alone reports the latest training times. Method darht: darht_transferability.json (the teachers' K x K
-transferability matrix, and each teacher's transfer to the student) and its heatmap; other methods write an
-empty matrix there. Torch-free (robustkd.stage, robustkd.suite), so the stage starts fast.
+nothing downstream, and a rerun of this stage alone reports the latest training times. Method darht:
+darht_transferability.json (the teachers' K x K transferability matrix, and each teacher's transfer to the student)
+and its heatmap; other methods write an empty matrix there. Torch-free (robustkd.stage, robustkd.suite), so the stage starts fast.
 """
 import json
 from pathlib import Path
 
 from robustkd import plotting, stage
-from robustkd.diagnostics import summarise, transferability
+from robustkd.diagnostics import masking_reasons, summarise, transferability
 from robustkd.io import atomic_write_json, atomic_write_text
 from robustkd.suite import eps_key
 
@@ -33,32 +35,84 @@ def load_results() -> list[dict]:
     return [json.loads((RESULTS_DIR / f"{n}.json").read_text()) for n in names]
 
 
-def masking_report(metrics: dict, headline_eps: float) -> str:
+def masking_report(metrics: dict, reasons: dict[str, list[str]], headline_eps: float) -> str:
+    """The masking verdicts with every reason in words (``reasons``: per model, from diagnostics.masking_reasons);
+    metrics.json keeps only the flag and the short codes."""
     lines = ["# Gradient-masking report", "",
              "Written by `python src/metrics.py` (stage `metrics`) from results/attack/. Thresholds: params.yaml `metrics.masking`.",
              ""]
     for name, m in metrics.items():
-        verdict = "FLAGGED" if m["gradient_masking"] else "not flagged"
+        verdict = f"FLAGGED ({m['masking_codes']})" if m["gradient_masking"] else "not flagged"
         lines.append(f"## {name}: {verdict}")
         lines.append(f"clean {100 * m['clean_acc']:.1f}%, worst case at ε={headline_eps:g}: "
                      f"{100 * m['worst_case_headline']:.1f}%")
-        lines += [f"- {r}" for r in m["masking_reasons"].split(" | ") if r] or ["- no check fired"]
+        lines += [f"- {r}" for r in reasons[name]] or ["- no check fired"]
         lines.append("")
     return "\n".join(lines)
+
+
+HEADLINE_KEYS = {  # headline.json key: metrics.json key
+    "clean_acc": "clean_acc", "clean_acc_ci_low": "clean_acc_ci_low", "clean_acc_ci_high": "clean_acc_ci_high",
+    "worst_case_acc": "worst_case_headline", "worst_case_acc_ci_low": "worst_case_headline_ci_low",
+    "worst_case_acc_ci_high": "worst_case_headline_ci_high",
+    "autoattack_acc": "autoattack_headline", "autoattack_acc_ci_low": "autoattack_headline_ci_low",
+    "autoattack_acc_ci_high": "autoattack_headline_ci_high",
+    "gradient_masking": "gradient_masking",
+}
+
+
+def headline_metrics(metrics: dict) -> dict:
+    """headline.json: per model, clean accuracy, the worst case and AutoAttack at the headline ε, their 95% Wilson
+    intervals and the masking flag (1 = flagged); numbers only, so `dvc exp show` stays narrow."""
+    return {name: {k: m.get(src) for k, src in HEADLINE_KEYS.items()} for name, m in metrics.items()}
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
+def closing_summary(metrics: dict, headline_eps: float) -> str:
+    """The table the stage ends with, and where the results are."""
+    n = {m["n_attacked"] for m in metrics.values()}
+    rows = [("model", "clean", "worst case [95% CI]", "AutoAttack", "gradient masking")]
+    for name, m in metrics.items():
+        worst = f"{_pct(m['worst_case_headline'])} [{_pct(m['worst_case_headline_ci_low'])}, " \
+                f"{_pct(m['worst_case_headline_ci_high'])}]"
+        flag = f"FLAGGED ({m['masking_codes']})" if m["gradient_masking"] else "not flagged"
+        rows.append((name, _pct(m["clean_acc"]), worst, _pct(m["autoattack_headline"]), flag))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    table = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join([
+        f"Results at ε={headline_eps:g} (L∞): clean accuracy on the test set; worst case (per point, over every "
+        f"attack) and AutoAttack on {' / '.join(map(str, sorted(n)))} attacked points, with the 95% Wilson interval "
+        f"of that sample.",
+        *table,
+        "",
+        "Where everything is:",
+        "  headline.json                       these numbers (`dvc metrics show`, `dvc exp show`)",
+        "  metrics.json                        every attack at every ε, per model (`dvc metrics show metrics.json`)",
+        "  results/gradient_masking.md         why each model is (or is not) flagged, in words",
+        "  plots/                              figures (PNG) and plot data (`dvc plots show`)",
+        "  python src/report.py --models metrics.json   the full table, per model",
+    ])
 
 
 def main(params: dict) -> None:
     thresholds = params["metrics"]["masking"]
     results = load_results()
     metrics = {r["model"]: summarise(r, thresholds) for r in results}
+    reasons = {r["model"]: masking_reasons(r, thresholds) for r in results}
     headline = results[0]["headline_eps"]
     atomic_write_json("metrics.json", metrics)
+    atomic_write_json("headline.json", headline_metrics(metrics))
     seconds = {r["model"]: train_seconds(r["info"].get("role", r["model"])) for r in results}
     atomic_write_json("timing.json", {"train_seconds": seconds,
                                       "train_seconds_total": round(sum(v or 0 for v in seconds.values()), 2)})
-    atomic_write_text("results/gradient_masking.md", masking_report(metrics, headline))
+    atomic_write_text("results/gradient_masking.md", masking_report(metrics, reasons, headline))
 
     acc_rob = [{"model": n, "clean_acc": m["clean_acc"], "worst_case_acc": m["worst_case_headline"],
+                "worst_case_acc_ci_low": m["worst_case_headline_ci_low"],
+                "worst_case_acc_ci_high": m["worst_case_headline_ci_high"],
                 "autoattack_acc": m["autoattack_headline"]} for n, m in metrics.items()]
     vs_eps = []
     for n, m in metrics.items():
@@ -81,14 +135,17 @@ def main(params: dict) -> None:
                           **({"student": matrix["success_rate_on_student"][s]} if "success_rate_on_student" in matrix
                              else {})}.items()]
     atomic_write_json(PLOTS_DIR / "darht_transferability.json", cells)
-    plotting.transferability_heatmap(matrix, PLOTS_DIR / "darht_transferability.png")
+    # Method darht only: no placeholder figure for a method that did not run (plots/darht/ stays empty).
+    heatmap = PLOTS_DIR / "darht" / "transferability.png"
+    heatmap.parent.mkdir(parents=True, exist_ok=True)
+    if matrix["teachers"]:
+        plotting.transferability_heatmap(matrix, heatmap)
+    else:
+        heatmap.unlink(missing_ok=True)
     if matrix["teachers"]:
         print(f"[metrics] DARHT transferability (mean off-diagonal success {matrix['mean_off_diagonal']}): "
               f"{json.dumps(matrix['success_rate'])}")
-    for n, m in metrics.items():
-        flag = "MASKING" if m["gradient_masking"] else "ok"
-        print(f"[metrics] {n}: clean {m['clean_acc']:.4f} worst@{headline:g} {m['worst_case_headline']:.4f} "
-              f"AA {m['autoattack_headline']} [{flag}]")
+    print(closing_summary(metrics, headline))
 
 
 if __name__ == "__main__":

@@ -18,32 +18,34 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 
 PARAM_COLUMNS = ("method", "temperature", "chain_length")
 
 
 def _experiments(entries: list) -> list[tuple[str, dict]]:
-    """(name, data) of every committed baseline and every finished experiment, the workspace last.
+    """(name, data, rev) of every committed baseline and every finished experiment, the workspace last.
 
     Queued, running and failed experiments are skipped: their metrics are not theirs yet.
     """
-    def has_metrics(data: dict | None) -> bool:  # old commits may have no (or unreadable) metrics.json
-        return bool(((data or {}).get("metrics") or {}).get("metrics.json", {}).get("data"))
+    def has_metrics(data: dict | None) -> bool:  # old commits may have no (or unreadable) metrics files
+        files = (data or {}).get("metrics") or {}
+        return any(files.get(name, {}).get("data") for name in ("metrics.json", "headline.json"))
 
     rows, workspace = [], []
     for entry in entries:
         name = "workspace" if entry.get("rev") == "workspace" else entry.get("name") or entry.get("rev", "?")[:7]
         target = workspace if name == "workspace" else rows
         if has_metrics(entry.get("data")):
-            target.append((name, entry["data"]))
+            target.append((name, entry["data"], entry.get("rev")))
         for group in entry.get("experiments") or []:
             executor = group.get("executor") or {}
             if executor.get("state", "success") != "success":
                 continue
             for run in group.get("revs", []):
                 if has_metrics(run.get("data")):
-                    rows.append((run.get("name") or run["rev"][:7], run["data"]))
+                    rows.append((run.get("name") or run["rev"][:7], run["data"], run.get("rev")))
     return rows + workspace
 
 
@@ -51,6 +53,8 @@ def _fmt(value, pct=True):
     if value is None:
         return "n/a"
     if isinstance(value, bool):
+        return "yes" if value else "no"
+    if pct == "flag":  # gradient_masking: 1/0 (true/false in metrics files written before the 0/1 flag)
         return "yes" if value else "no"
     return f"{100 * value:.1f}" if pct else f"{value:.3g}"
 
@@ -71,8 +75,50 @@ def metric_cells(metrics: dict, eps_key: str) -> list[str]:
         _fmt(metrics.get("cw_l2_median"), pct=False),
         _fmt(metrics.get("sensitivity_softmax"), pct=False),
         _fmt(metrics.get("sensitivity_logit"), pct=False),
-        _fmt(metrics.get("gradient_masking")),
+        _fmt(metrics.get("gradient_masking"), pct="flag"),
     ]
+
+
+# Keys added to metrics.json by the change that moved the masking reasons to results/gradient_masking.md.
+CURRENT_KEYS = ("clean_acc_ci_low", "clean_acc_ci_high", "worst_case_headline_ci_low", "worst_case_headline_ci_high",
+                "autoattack_headline_ci_low", "autoattack_headline_ci_high", "masking_codes")
+
+
+def schema_note(metrics: dict, path: str) -> str | None:
+    """One line naming the current keys an older metrics.json lacks (None when it has them all)."""
+    missing = [k for k in CURRENT_KEYS if any(k not in m for m in metrics.values())]
+    if not missing:
+        return None
+    return (f"note: {path} predates the current metrics schema; missing keys: {', '.join(missing)} (not in these "
+            f"tables; rerun `dvc repro metrics` to add them)"
+            + ("; its masking reasons are in its old `masking_reasons` key" if any("masking_reasons" in m for m in
+                                                                                    metrics.values()) else ""))
+
+
+# headline.json key -> metrics.json key: a run whose full metrics.json cannot be read still shows these.
+HEADLINE_KEYS = {"clean_acc": "clean_acc", "worst_case_acc": "worst_case_headline",
+                 "autoattack_acc": "autoattack_headline", "gradient_masking": "gradient_masking"}
+
+
+def full_metrics(data: dict, rev: str | None, model: str) -> dict:
+    """One model's metrics.json entry for an experiment of `dvc exp show --json`.
+
+    Commits from before headline.json declared metrics.json itself as metrics, so DVC's JSON has it; later ones
+    declare only headline.json, and metrics.json (committed by every run, as a cache: false output) is read with
+    `git show <rev>:metrics.json` (the workspace: the file). Failing that, the headline's keys alone.
+    """
+    files = data.get("metrics") or {}
+    full = (files.get("metrics.json") or {}).get("data")
+    if full is None:
+        try:
+            text = (open("metrics.json").read() if rev in (None, "workspace") else
+                    subprocess.run(["git", "show", f"{rev}:metrics.json"], capture_output=True, text=True,
+                                   check=True).stdout)
+            full = json.loads(text)
+        except (OSError, subprocess.CalledProcessError, json.JSONDecodeError):
+            head = (files.get("headline.json") or {}).get("data") or {}
+            full = {name: {src: m.get(k) for k, src in HEADLINE_KEYS.items()} for name, m in head.items()}
+    return full[model]
 
 
 def _row(cells: list[str]) -> str:
@@ -115,7 +161,7 @@ def purification_table(metrics: dict, headline_eps: float) -> str:
         quality = [m.get(k) for k in ("psnr_clean", "ssim_clean", "psnr_adversarial", "ssim_adversarial")]
         quality = ["n/a" if v is None else f"{v:.{1 if i % 2 == 0 else 3}f}" for i, v in enumerate(quality)]
         label = "teacher (no purifier)" if m.get("purifier") is None else name
-        lines.append(_row([label, *map(_fmt, cells), *quality, _fmt(m.get("gradient_masking"))]))
+        lines.append(_row([label, *map(_fmt, cells), *quality, _fmt(m.get("gradient_masking"), pct="flag")]))
     return "\n".join(lines)
 
 
@@ -132,7 +178,7 @@ def transfer_table(matrix: dict) -> str:
     (the teachers, then the student); success rates in % over the target's clean-correct attacked points."""
     teachers = matrix.get("teachers") or []
     if not teachers:
-        return matrix.get("note", "no DARHT teachers")
+        return "no DARHT teachers in this run (method is not darht)"
     on_student = matrix.get("success_rate_on_student")
     targets = teachers + (["student"] if on_student else [])
     short = lambda n: n.removeprefix("darht_")  # noqa: E731
@@ -164,9 +210,9 @@ def table(entries: list, model: str = "student", commit: str | None = None, expe
     header = ["experiment", *param_columns, *METRIC_COLUMNS, "train min (all models)"]
     lines = [_row(header), "|" + "---|" * len(header)]
     seen = set()
-    for name, data in _experiments(entries):
+    for name, data, rev in _experiments(entries):
         params = data["params"]["params.yaml"]["data"]
-        metrics = data["metrics"]["metrics.json"]["data"][model]
+        metrics = full_metrics(data, rev, model)
         eps_key = "eps_" + f"{params['attack']['headline_eps']:g}".replace(".", "p")
         key = (tuple(params.get(c) for c in param_columns), json.dumps(metrics, sort_keys=True))
         if key in seen:  # the workspace repeats the commit it sits on
@@ -307,7 +353,12 @@ def main(argv: list[str] | None = None) -> None:
 
             eps = read_yaml(open("params.yaml").read())["attack"]["headline_eps"]
         render = models_table if args.models else purification_table
-        print(render(json.loads(open(args.models or args.purification).read()), eps))
+        path = args.models or args.purification
+        metrics = json.loads(open(path).read())
+        note = schema_note(metrics, path)
+        if note:
+            print(note, file=sys.stderr)
+        print(render(metrics, eps))
         return
     if not args.exp_show_json:
         parser.error("give the `dvc exp show --json` output (or --models metrics.json)")

@@ -3,7 +3,8 @@ import copy
 
 import pytest
 
-from robustkd.diagnostics import cw_summary, masking_reasons, summarise, worst_case_points
+from robustkd.diagnostics import cw_summary, masking_codes, masking_reasons, summarise, worst_case_points
+from robustkd.stats import wilson
 from robustkd.evaluation import eps_key
 
 THRESHOLDS = {"strong_vs_ce_margin": 0.10, "transfer_margin": 0.02, "fgsm_margin": 0.02,
@@ -99,7 +100,12 @@ def test_summary_schema_is_flat_and_stable():
     assert m["clean_acc"] == 0.9 and m["worst_case_headline"] == 0.27 and m["autoattack_headline"] == 0.27
     assert m["robust_acc"]["pgd_margin"] == {"eps_0p05": 0.48, "eps_0p1": 0.28, "eps_0p3": 0.01}
     assert m["sensitivity_softmax"] == 1e-21  # tiny values keep their significant digits
-    assert m["gradient_masking"] is False and m["masking_reasons"] == ""
+    assert m["gradient_masking"] == 0 and m["masking_codes"] == ""
+    assert "masking_reasons" not in m  # prose lives in results/gradient_masking.md, not in a metrics file
+    # 95% Wilson intervals: clean 900/1000 on the test set, worst case and AutoAttack 27/100 attacked points
+    assert (m["clean_acc_ci_low"], m["clean_acc_ci_high"]) == wilson(900, 1000) == (0.8798, 0.9171)
+    assert (m["worst_case_headline_ci_low"], m["worst_case_headline_ci_high"]) == wilson(27, 100)
+    assert (m["autoattack_headline_ci_low"], m["autoattack_headline_ci_high"]) == wilson(27, 100)
     assert all("." not in k for k in m) and all("." not in k for k in m["worst_case"])
     assert m["train_precision"] == "bf16-autocast"  # from the checkpoint's info
     del r["info"]["train_precision"]
@@ -108,3 +114,16 @@ def test_summary_schema_is_flat_and_stable():
 
 def test_eps_key_has_no_dots():
     assert eps_key(0.1) == "eps_0p1" and eps_key(0.03137) == "eps_0p03137" and eps_key(2.0) == "eps_2"
+
+
+def test_flagged_model_keeps_a_numeric_flag_and_short_codes():
+    """metrics.json holds a 0/1 flag and the codes of the checks that fired, each once, in a fixed order."""
+    r = healthy_result()
+    r["autoattack_flags"][eps_key(0.1)] = ["zero gradient"]       # autoattack_check, fires last
+    r["linf"]["pgd_softmax_ce"][eps_key(0.1)] = points(68)  # above AutoAttack (ce_gap) and FGSM (fgsm_beats_pgd),
+    m = summarise(r, THRESHOLDS)                             # and up from 50% at ε = 0.05 (not_monotone)
+    assert m["gradient_masking"] == 1
+    codes = "ce_gap,fgsm_beats_pgd,not_monotone,autoattack_check"  # MASKING_CODES order, each once
+    assert m["masking_codes"] == masking_codes(r, THRESHOLDS) == codes
+    reasons = masking_reasons(r, THRESHOLDS)  # the words, for the masking report
+    assert len(reasons) == 4 and reasons[-1] == "AutoAttack's own check at ε=0.1: zero gradient"

@@ -183,3 +183,44 @@ def test_bench_table_shows_the_default_runs_attack_stage_and_the_attacked_models
                    "everything on every point: 102 | 2.53 | – | – (worst case identical: NO) |")
     assert ("Attacked models: natural: params.yaml teacher, 3 epoch(s) on 55,000 images; distilled: teacher, then "
             "student, 3 + 2 epoch(s) on 55,000 images; robust: PGD-AT, 2 epoch(s) on 12,800 images.") in text
+
+
+def test_an_old_metrics_file_still_renders_with_a_note_on_the_missing_keys(tmp_path, capsys):
+    """metrics.json from before the headline file: prose masking_reasons, a true/false flag, no intervals."""
+    old = {"student": {**metrics(0.8, 0.3, 0.01, True), "masking_reasons": "ε=0.1: autoattack leaves 1.0% but ..."}}
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps(old))
+    report.main(["--models", str(path), "--headline-eps", "0.1"])
+    out, err = capsys.readouterr()
+    assert err.startswith(f"note: {path} predates the current metrics schema; missing keys: clean_acc_ci_low, ")
+    assert "masking_codes" in err and "old `masking_reasons` key" in err and len(err.splitlines()) == 1
+    assert out.splitlines()[2].endswith("| yes |")
+    new = {"student": {**metrics(0.8, 0.3, 0.01, 1), **dict.fromkeys(report.CURRENT_KEYS, 0.0), "masking_codes": ""}}
+    path.write_text(json.dumps(new))
+    report.main(["--models", str(path), "--headline-eps", "0.1"])
+    out, err = capsys.readouterr()
+    assert err == "" and out.splitlines()[2].endswith("| yes |")  # the 0/1 flag reads as the old true/false
+
+
+def test_exp_table_reads_the_full_metrics_of_runs_that_declare_only_the_headline(monkeypatch):
+    """From headline.json on, `dvc exp show --json` carries headline.json; metrics.json comes from git."""
+    entry = state("c" * 40, "new", 20, 1, None)
+    entry["data"]["metrics"] = {"headline.json": {"data": {"student": {"clean_acc": 0.9, "worst_case_acc": 0.01,
+                                                                        "autoattack_acc": 0.02, "gradient_masking": 0}}}}
+    shown = {}
+
+    def git_show(cmd, **kw):
+        shown["cmd"] = cmd
+        return type("R", (), {"stdout": json.dumps({"student": metrics(0.9, 0.25, 0.02, 0)})})()
+
+    monkeypatch.setattr(report.subprocess, "run", git_show)
+    row = report.table([entry]).splitlines()[2]
+    assert shown["cmd"] == ["git", "show", f"{'c' * 40}:metrics.json"]
+    assert row.startswith("| new | defensive_distillation | 20 | 1 | 90.0 | 25.0 | 2.0 | 2.0 | 2.0 |") and "| no |" in row
+
+    def no_git(cmd, **kw):
+        raise report.subprocess.CalledProcessError(128, cmd)
+
+    monkeypatch.setattr(report.subprocess, "run", no_git)  # e.g. not in the repository: the headline's columns
+    row = report.table([entry]).splitlines()[2]
+    assert row.startswith("| new | defensive_distillation | 20 | 1 | 90.0 | n/a | n/a | 2.0 | 1.0 | n/a |")

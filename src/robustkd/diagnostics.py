@@ -1,12 +1,14 @@
 """Per-model metrics (fixed schema) and the gradient-masking diagnostics of Carlini et al. 2019.
 
 Input: one ``results/attack/<model>.json`` from :func:`robustkd.evaluation.evaluate`.
-Output: a flat-keyed dict for metrics.json plus the masking reasons in words.
+Output: a flat-keyed dict for metrics.json (numbers and short labels: the masking checks that fired as short
+codes) and, for results/gradient_masking.md, the masking reasons in words.
 """
 from __future__ import annotations
 
 import statistics
 
+from .stats import wilson
 from .suite import AUTOATTACK, FGSM_CE, PAPER_PROTOCOL, PGD_CE, PGD_MARGIN, WHITE_BOX, eps_key, is_black_box
 
 STRONG = (PGD_MARGIN, AUTOATTACK)
@@ -59,11 +61,34 @@ def cw_summary(result: dict) -> dict:
     }
 
 
+# Short codes of the masking checks (metrics.json `masking_codes`); the reasons in words go to the masking report.
+CE_GAP = "ce_gap"                  # a strong attack beats softmax-CE PGD
+BLACK_BOX = "black_box"            # a black box breaks points every white-box attack left robust
+FGSM_BEATS_PGD = "fgsm_beats_pgd"
+NOT_MONOTONE = "not_monotone"      # robust accuracy rises with ε
+LARGE_EPS = "large_eps"            # worst case still high at the largest ε
+AUTOATTACK_CHECK = "autoattack_check"
+MASKING_CODES = (CE_GAP, BLACK_BOX, FGSM_BEATS_PGD, NOT_MONOTONE, LARGE_EPS, AUTOATTACK_CHECK)
+
+
 def masking_reasons(result: dict, thresholds: dict) -> list[str]:
+    """Every masking check that fired, in words (empty: not flagged)."""
+    return [text for _, text in masking_checks(result, thresholds)]
+
+
+def masking_codes(result: dict, thresholds: dict) -> str:
+    """The checks that fired as short codes, each once, in :data:`MASKING_CODES` order, comma-separated."""
+    fired = {code for code, _ in masking_checks(result, thresholds)}
+    return ",".join(c for c in MASKING_CODES if c in fired)
+
+
+def masking_checks(result: dict, thresholds: dict) -> list[tuple[str, str]]:
+    """(code, reason in words) for every masking check that fired."""
     linf = result["linf"]
     eps_list = sorted(result["eps"])
     acc = {a: {k: _acc(v) for k, v in per_eps.items()} for a, per_eps in linf.items()}
-    reasons = []
+    reasons: list[tuple[str, str]] = []
+    fire = lambda code, text: reasons.append((code, text))  # noqa: E731
     pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
     for eps in eps_list:
         key = eps_key(eps)
@@ -72,7 +97,7 @@ def masking_reasons(result: dict, thresholds: dict) -> list[str]:
         if ce is not None and strong:
             best = min(strong, key=strong.get)
             if ce - strong[best] > thresholds["strong_vs_ce_margin"]:
-                reasons.append(f"ε={eps:g}: {best} leaves {pct(strong[best])} but softmax-CE PGD leaves {pct(ce)}; "
+                fire(CE_GAP, f"ε={eps:g}: {best} leaves {pct(strong[best])} but softmax-CE PGD leaves {pct(ce)}; "
                                f"a {100 * (ce - strong[best]):.1f}-point gap (> {100 * thresholds['strong_vs_ce_margin']:.0f}) "
                                f"means the softmax-CE gradient is masked (saturated softmax)")
         # Per point: a black box must not break a point that every white-box attack left standing. (The same with
@@ -84,24 +109,24 @@ def masking_reasons(result: dict, thresholds: dict) -> list[str]:
             beyond = {a: sum(s and not b for s, b in zip(standing, linf[a][key])) / len(standing) for a in black}
             bb = max(beyond, key=beyond.get)
             if beyond[bb] > thresholds["transfer_margin"]:
-                reasons.append(f"ε={eps:g}: black-box {bb} breaks {pct(beyond[bb])} of the points that every "
+                fire(BLACK_BOX, f"ε={eps:g}: black-box {bb} breaks {pct(beyond[bb])} of the points that every "
                                f"white-box attack ({', '.join(white)}) left robust ({pct(_acc(standing))})")
         fgsm, pgd = acc.get(FGSM_CE, {}).get(key), acc.get(PGD_CE, {}).get(key)
         if fgsm is not None and pgd is not None and pgd - fgsm > thresholds["fgsm_margin"]:
-            reasons.append(f"ε={eps:g}: single-step FGSM ({pct(fgsm)}) beats iterative PGD ({pct(pgd)}) with the same loss")
+            fire(FGSM_BEATS_PGD, f"ε={eps:g}: single-step FGSM ({pct(fgsm)}) beats iterative PGD ({pct(pgd)}) with the same loss")
     for attack, per_eps in acc.items():
         curve = [(e, per_eps[eps_key(e)]) for e in eps_list if eps_key(e) in per_eps]
         for (e0, a0), (e1, a1) in zip(curve, curve[1:]):
             if a1 - a0 > thresholds["monotonic_tolerance"]:
-                reasons.append(f"{attack}: robust accuracy rises from {pct(a0)} at ε={e0:g} to {pct(a1)} at ε={e1:g}")
+                fire(NOT_MONOTONE, f"{attack}: robust accuracy rises from {pct(a0)} at ε={e0:g} to {pct(a1)} at ε={e1:g}")
     largest = eps_list[-1]
     worst_large = _acc(worst_case_points(linf, eps_key(largest)))
     if worst_large > thresholds["large_eps_max_acc"]:
-        reasons.append(f"worst-case accuracy is still {pct(worst_large)} at the largest ε={largest:g} "
+        fire(LARGE_EPS, f"worst-case accuracy is still {pct(worst_large)} at the largest ε={largest:g} "
                        f"(expected about 0, <= {pct(thresholds['large_eps_max_acc'])})")
     for eps in eps_list:
         for flag in result["autoattack_flags"].get(eps_key(eps), []):
-            reasons.append(f"AutoAttack's own check at ε={eps:g}: {flag}")
+            fire(AUTOATTACK_CHECK, f"AutoAttack's own check at ε={eps:g}: {flag}")
     return reasons
 
 
@@ -109,8 +134,13 @@ def summarise(result: dict, thresholds: dict) -> dict:
     """The fixed per-model metrics schema (see README, "Metrics schema")."""
     linf, headline = result["linf"], eps_key(result["headline_eps"])
     worst = {eps_key(e): _acc(worst_case_points(linf, eps_key(e))) for e in sorted(result["eps"])}
-    reasons = masking_reasons(result, thresholds)
+    codes = masking_codes(result, thresholds)
     info = result["info"]
+    n, n_test = result["n_attacked"], result["n_test"]
+    aa_points = linf[AUTOATTACK][headline] if headline in linf.get(AUTOATTACK, {}) else None
+    clean_ci = wilson(result["clean_correct"], n_test)
+    worst_ci = wilson(sum(worst_case_points(linf, headline)), n)
+    aa_ci = wilson(sum(aa_points), len(aa_points)) if aa_points else (None, None)
     return {
         "role": info["role"],
         "arch": info["arch"],
@@ -120,17 +150,21 @@ def summarise(result: dict, thresholds: dict) -> dict:
         "n_test": result["n_test"],
         "n_attacked": result["n_attacked"],
         "clean_acc": round(result["clean_correct"] / result["n_test"], 4),
+        # 95% Wilson intervals (robustkd.stats): clean over the n_test points, the others over the n_attacked ones.
+        "clean_acc_ci_low": clean_ci[0], "clean_acc_ci_high": clean_ci[1],
         "robust_acc": {attack: {k: _acc(v) for k, v in per_eps.items()} for attack, per_eps in linf.items()},
         "robust_acc_l2": {attack: {k: _acc(v) for k, v in per_eps.items()} for attack, per_eps in result["l2"].items()},
         "worst_case": worst,
         "worst_case_headline": worst[headline],
-        "autoattack_headline": _acc(linf[AUTOATTACK][headline]) if headline in linf.get(AUTOATTACK, {}) else None,
+        "worst_case_headline_ci_low": worst_ci[0], "worst_case_headline_ci_high": worst_ci[1],
+        "autoattack_headline": _acc(aa_points) if aa_points is not None else None,
+        "autoattack_headline_ci_low": aa_ci[0], "autoattack_headline_ci_high": aa_ci[1],
         **cw_summary(result),
         # 6 significant digits: a distilled model's softmax sensitivity can be ~1e-20.
         "sensitivity_softmax": float(f"{result['sensitivity']['softmax']:.6g}"),
         "sensitivity_logit": float(f"{result['sensitivity']['logit']:.6g}"),
-        "gradient_masking": bool(reasons),
-        "masking_reasons": " | ".join(reasons),
+        "gradient_masking": int(bool(codes)),  # 1 = flagged; the reasons in words: results/gradient_masking.md
+        "masking_codes": codes,                # the checks that fired (MASKING_CODES), e.g. "ce_gap,large_eps"
         **purification_summary(result, headline),
     }
 
@@ -146,7 +180,7 @@ def transferability(results: list[dict]) -> dict:
     """
     teachers = [r["model"] for r in results if r["info"].get("darht_teacher")]
     if not teachers:
-        return {"teachers": [], "note": "no DARHT teachers in this run (method is not darht)"}
+        return {"teachers": []}  # not method darht
     headline = eps_key(results[0]["headline_eps"])
     by_name = {r["model"]: r for r in results}
 
@@ -162,10 +196,7 @@ def transferability(results: list[dict]) -> dict:
     off = [v for s in teachers for t in teachers if s != t and (v := matrix[s][t]) is not None]
     out = {"teachers": teachers, "eps": results[0]["headline_eps"], "success_rate": matrix,
            "n_clean_correct": {t: rate(teachers[0], t)[1] for t in teachers},
-           "mean_off_diagonal": round(sum(off) / len(off), 4) if off else None,
-           "definition": "success_rate[source][target]: PGD (margin loss, last iterate, attack.transfer.steps) crafted "
-                         "on source at the headline eps, evaluated on target; counted only over the attacked points "
-                         "target classifies correctly when clean"}
+           "mean_off_diagonal": round(sum(off) / len(off), 4) if off else None}  # the definition: this docstring
     if "student" in by_name:
         out["success_rate_on_student"] = {s: rate(s, "student")[0] for s in teachers}
         out["n_clean_correct"]["student"] = rate(teachers[0], "student")[1]

@@ -28,9 +28,21 @@ def _show(ax, img: torch.Tensor) -> None:
     ax.set_yticks([])
 
 
+FOOLED, HELD, CLEAN_ERROR = "red", "green", "darkorange"
+
+
+def caption_colour(label: int, pred_clean: int, pred_adv: int) -> str:
+    """Red only where the attack did it: the clean prediction was right and the adversarial one is wrong. Green:
+    the adversarial prediction is right. Orange: the model was already wrong on the clean image (not the attack's)."""
+    if pred_clean != label:
+        return CLEAN_ERROR
+    return HELD if pred_adv == label else FOOLED
+
+
 def adversarial_grid(x: torch.Tensor, y: torch.Tensor, adversarial: dict, class_names: list[str], eps: float,
                      path: Path) -> None:
-    """Row 0: clean images with labels; one row per model: its margin-PGD example and predictions."""
+    """Row 0: clean images with labels; one row per model: its margin-PGD example and predictions (captions
+    coloured by :func:`caption_colour`; a clean error is also marked with a leading ✗)."""
     rows, cols = 1 + len(adversarial), len(x)
     fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.9 * rows), squeeze=False)
     for j in range(cols):
@@ -39,19 +51,29 @@ def adversarial_grid(x: torch.Tensor, y: torch.Tensor, adversarial: dict, class_
     for i, (name, (x_adv, pred_adv, pred_clean)) in enumerate(adversarial.items(), start=1):
         for j in range(cols):
             _show(axes[i, j], x_adv[j])
-            colour = "green" if pred_adv[j] == y[j] else "red"
-            axes[i, j].set_title(f"{class_names[pred_clean[j]]}→{class_names[pred_adv[j]]}", fontsize=7, color=colour)
+            colour = caption_colour(int(y[j]), int(pred_clean[j]), int(pred_adv[j]))
+            mark = "✗ " if colour == CLEAN_ERROR else ""
+            axes[i, j].set_title(f"{mark}{class_names[pred_clean[j]]}→{class_names[pred_adv[j]]}", fontsize=7,
+                                 color=colour)
         axes[i, 0].set_ylabel(name, fontsize=8)
-    fig.suptitle(f"Margin-PGD at ε={eps:g}: clean prediction → adversarial prediction (red = fooled)", fontsize=9)
+    fig.suptitle(f"Margin-PGD at ε={eps:g}: clean prediction → adversarial prediction\n(red = fooled by the attack, "
+                 f"green = still right, orange ✗ = already wrong on the clean image)", fontsize=9)
     _save(fig, path)
 
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+
+
 def accuracy_vs_robustness(rows: list[dict], eps: float, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(5, 4))
-    for row in rows:
-        ax.scatter(row["clean_acc"], row["worst_case_acc"], s=40)
-        ax.annotate(row["model"], (row["clean_acc"], row["worst_case_acc"]), fontsize=8,
-                    xytext=(4, 4), textcoords="offset points")
+    """One point per model, its worst case's 95% interval as an error bar where the row has one. Models are named
+    in a legend (own colour and marker), not by labels next to the points, which overlap when models are close."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for i, row in enumerate(rows):
+        low, high = row.get("worst_case_acc_ci_low"), row.get("worst_case_acc_ci_high")
+        yerr = None if low is None or high is None else [[row["worst_case_acc"] - low], [high - row["worst_case_acc"]]]
+        ax.errorbar(row["clean_acc"], row["worst_case_acc"], yerr=yerr, fmt=MARKERS[i % len(MARKERS)],
+                    color=f"C{i % 10}", markersize=7, capsize=3, label=row["model"], linestyle="none")
+    ax.legend(fontsize=8, loc="upper left", title="model (bar: 95% interval)", title_fontsize=7)
     ax.set_xlabel("clean accuracy")
     ax.set_ylabel(f"worst-case robust accuracy (ε={eps:g})")
     ax.set_xlim(0, 1.02)
@@ -60,22 +82,42 @@ def accuracy_vs_robustness(rows: list[dict], eps: float, path: Path) -> None:
     _save(fig, path)
 
 
+LINE_STYLES = ("-", "--", "-.", ":")
+
+
+def attack_styles(attacks: list[str]) -> dict[str, dict]:
+    """A fixed style per attack, the same in every panel: its own colour, line style and marker, so series that
+    coincide stay visible (the worst case: thick black, drawn first, under the attacks)."""
+    styles, others = {}, [a for a in attacks if a != "worst_case"]
+    for i, attack in enumerate(others):
+        styles[attack] = {"color": f"C{i % 10}", "linestyle": LINE_STYLES[i % len(LINE_STYLES)],
+                          "marker": MARKERS[i % len(MARKERS)], "markersize": 5, "linewidth": 1.5, "zorder": 3}
+    if "worst_case" in attacks:
+        styles["worst_case"] = {"color": "black", "linestyle": "-", "marker": "o", "markersize": 9, "linewidth": 4,
+                                "alpha": 0.35, "zorder": 2}
+    return styles
+
+
 def robust_vs_eps(rows: list[dict], path: Path) -> None:
-    """One panel per model, one line per attack (and the per-point worst case)."""
+    """One panel per model, one line per attack (and the per-point worst case), a legend in every panel."""
     models = list(dict.fromkeys(r["model"] for r in rows))
-    fig, axes = plt.subplots(1, len(models), figsize=(4 * len(models), 3.6), squeeze=False, sharey=True)
+    styles = attack_styles(list(dict.fromkeys(r["attack"] for r in rows)))
+    fig, axes = plt.subplots(1, len(models), figsize=(4.5 * len(models), 4), squeeze=False, sharey=True)
+    all_eps = sorted({r["eps"] for r in rows})
+    step = 0.006 * ((all_eps[-1] - all_eps[0]) or 1)  # coinciding attacks side by side: a small offset along ε
+    order = [a for a in styles if a != "worst_case"]
     for ax, model in zip(axes[0], models):
         attacks = list(dict.fromkeys(r["attack"] for r in rows if r["model"] == model))
-        for attack in attacks:
+        for attack in sorted(attacks, key=lambda a: a != "worst_case"):
             pts = sorted((r["eps"], r["robust_acc"]) for r in rows if r["model"] == model and r["attack"] == attack)
-            style = {"color": "black", "linewidth": 2.5} if attack == "worst_case" else {}
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=attack, **style)
+            shift = 0.0 if attack == "worst_case" else (order.index(attack) - (len(order) - 1) / 2) * step
+            ax.plot([p[0] + shift for p in pts], [p[1] for p in pts], label=attack, **styles[attack])
         ax.set_title(model)
-        ax.set_xlabel("ε (L∞)")
+        ax.set_xlabel("ε (L∞); attacks offset a little")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="upper right")
     axes[0, 0].set_ylabel("robust accuracy")
-    axes[0, -1].legend(fontsize=7, loc="upper right")
     _save(fig, path)
 
 
@@ -104,12 +146,8 @@ def transferability_heatmap(matrix: dict, path: Path) -> None:
     """Rows: the teacher the PGD examples were crafted on; columns: the model they are evaluated on (the K
     teachers, then the student). Cell: attack success rate over the target's clean-correct points."""
     teachers = matrix.get("teachers") or []
-    if not teachers:
-        fig, ax = plt.subplots(figsize=(4, 1.2))
-        ax.axis("off")
-        ax.text(0.5, 0.5, "no DARHT teachers in this run", ha="center", va="center")
-        _save(fig, path)
-        return
+    if not teachers:  # the metrics stage draws it for method darht only
+        raise ValueError("transferability_heatmap: no DARHT teachers in this matrix")
     targets = teachers + (["student"] if "success_rate_on_student" in matrix else [])
     grid = [[(matrix["success_rate"][s].get(t) if t != "student" else matrix["success_rate_on_student"][s])
              for t in targets] for s in teachers]

@@ -1,0 +1,128 @@
+"""The metrics stage end to end on hand-built attack results: the files it writes (numbers and short labels in the
+metrics files, the reasons in words in the masking report) and the summary it ends with."""
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import metrics as stage
+from robustkd.params import load
+from robustkd.stats import wilson
+from test_diagnostics import healthy_result
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Runs the stage's main in a scratch folder on a healthy student and a flagged teacher."""
+    work = tmp_path_factory.mktemp("metrics_stage")
+    params = load(ROOT / "params.yaml")
+    student = healthy_result()
+    teacher = copy.deepcopy(healthy_result())
+    teacher["model"], teacher["info"]["role"] = "teacher", "teacher"
+    teacher["linf"]["pgd_softmax_ce"]["eps_0p1"] = [1] * 40 + [0] * 60  # 13 points above AutoAttack
+    (work / "results" / "attack").mkdir(parents=True)
+    (work / "plots").mkdir()
+    for r in (teacher, student):
+        (work / "results" / "attack" / f"{r['model']}.json").write_text(json.dumps(r))
+    (work / "results" / "attack" / "index.json").write_text(json.dumps({"models": ["teacher", "student"]}))
+    cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        from io import StringIO
+        from contextlib import redirect_stdout
+        out = StringIO()
+        with redirect_stdout(out):
+            stage.main(params)
+    finally:
+        os.chdir(cwd)
+    return work, out.getvalue()
+
+
+def test_the_stage_ends_with_the_headline_table_and_the_pointers(run):
+    work, printed = run
+    lines = printed.rstrip("\n").splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("model "))
+    assert lines[head].split() == ["model", "clean", "worst", "case", "[95%", "CI]", "AutoAttack", "gradient", "masking"]
+    teacher, student = lines[head + 1].split(), lines[head + 2].split()
+    low, high = wilson(27, 100)  # 27 of the 100 attacked points survive every attack
+    assert student == ["student", "90.0%", "27.0%", f"[{100 * low:.1f}%,", f"{100 * high:.1f}%]", "27.0%", "not",
+                       "flagged"]
+    assert teacher[0] == "teacher" and teacher[-2:] == ["FLAGGED", "(ce_gap)"]
+    assert "on 100 attacked points, with the 95% Wilson interval" in lines[head - 1]
+    tail = "\n".join(lines[head + 3:])
+    for pointer in ("headline.json", "metrics.json", "results/gradient_masking.md", "plots/",
+                    "python src/report.py --models metrics.json"):
+        assert pointer in tail
+    assert lines[-1].strip().startswith("python src/report.py --models metrics.json")  # the last word is the pointers'
+
+
+def test_metrics_files_hold_numbers_and_short_labels_the_report_holds_the_words(run):
+    work, _ = run
+    full = json.loads((work / "metrics.json").read_text())
+    assert full["teacher"]["gradient_masking"] == 1 and full["teacher"]["masking_codes"] == "ce_gap"
+    assert full["student"]["gradient_masking"] == 0 and full["student"]["masking_codes"] == ""
+    for name in ("metrics.json", "headline.json", "timing.json", "darht_transferability.json"):
+        for key, value in flatten(json.loads((work / name).read_text())).items():
+            assert not isinstance(value, str) or len(value) <= 40, (name, key, value)
+    report = (work / "results" / "gradient_masking.md").read_text()
+    assert "## teacher: FLAGGED (ce_gap)" in report and "## student: not flagged" in report
+    assert "autoattack leaves 27.0% but softmax-CE PGD leaves 40.0%" in report
+    assert (work / "plots" / "darht").is_dir() and not any((work / "plots" / "darht").iterdir())  # no placeholder
+
+
+def test_headline_file_is_small_and_numeric(run):
+    work, _ = run
+    headline = json.loads((work / "headline.json").read_text())
+    flat = flatten(headline)
+    assert len(flat) == 10 * len(headline)  # clean, worst case, AutoAttack, their two bounds each, the flag
+    assert all(v is None or isinstance(v, (int, float)) for v in flat.values())
+    assert max(map(len, flat)) <= len("assistant_1.worst_case_acc_ci_high")
+    student = headline["student"]
+    assert (student["worst_case_acc"], student["worst_case_acc_ci_low"], student["worst_case_acc_ci_high"]) == \
+        (0.27, *wilson(27, 100))
+    assert student["clean_acc"] == 0.9 and headline["teacher"]["gradient_masking"] == 1
+
+
+def test_the_committed_headline_is_what_dvc_prints_and_its_diff_is_short(tmp_path):
+    """dvc.yaml declares headline.json (not the full metrics.json) as metrics; `dvc metrics diff` of two runs that
+    differ in every headline value of the committed default run stays under 5 KB, in lines of at most 160 columns."""
+    import yaml
+
+    declared = yaml.safe_load((ROOT / "dvc.yaml").read_text())["metrics"]
+    assert "headline.json" in declared and "metrics.json" not in declared
+    headline = json.loads((ROOT / "headline.json").read_text())
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True, env=env)  # noqa: E731
+    git("init", "-q")
+    git("config", "user.email", "t@t.invalid")
+    git("config", "user.name", "t")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True, env=env)
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"metrics": declared}))
+    for name in declared:
+        (tmp_path / name).write_text((ROOT / name).read_text())
+    git("add", "-A")
+    git("commit", "-qm", "base")
+    moved = {m: {k: (None if v is None else round(v + 0.0011, 4)) for k, v in vals.items()}
+             for m, vals in headline.items()}
+    (tmp_path / "headline.json").write_text(json.dumps(moved))
+    out = subprocess.run([sys.executable, "-m", "dvc", "metrics", "diff"], cwd=tmp_path, check=True,
+                         capture_output=True, text=True, env={**env, "COLUMNS": "160"}).stdout
+    assert len(out.encode()) < 5000, len(out)
+    assert max(map(len, out.splitlines())) <= 160
+    assert sum("headline.json" in line for line in out.splitlines()) == len(flatten(headline))
