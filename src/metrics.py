@@ -135,9 +135,12 @@ def main(params: dict) -> None:
                           **({"student": matrix["success_rate_on_student"][s]} if "success_rate_on_student" in matrix
                              else {})}.items()]
     atomic_write_json(PLOTS_DIR / "darht_transferability.json", cells)
-    # Method darht only: no placeholder figure for a method that did not run (plots/darht/ stays empty).
+    # Method darht only: no placeholder figure for a method that did not run. The folder always holds .keep (which
+    # .dvcignore hides from DVC), because git keeps no empty folder and a clone without it would show the output as
+    # deleted in `dvc status`.
     heatmap = PLOTS_DIR / "darht" / "transferability.png"
     heatmap.parent.mkdir(parents=True, exist_ok=True)
+    (heatmap.parent / ".keep").touch()
     if matrix["teachers"]:
         plotting.transferability_heatmap(matrix, heatmap)
     else:

@@ -11,6 +11,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than a minute (CI still runs it)")
+    config.addinivalue_line("markers", "cross_processor: compares floats computed in other batch shapes or processes; "
+                                       "CI runs these once more on other kernels (ATEN_CPU_CAPABILITY=avx2)")
 
 
 @pytest.fixture(scope="module")

@@ -301,6 +301,7 @@ def test_cw_adam_takes_torch_adams_steps_exactly():
 
 # ------------------------------------------------------------------- 4. batch-size invariance
 @needs_fmnist
+@pytest.mark.cross_processor
 def test_pgd_batch_size_invariance(fmnist_model, fmnist_test):
     """attack_in_batches derives one generator per point, so random starts do not depend on batching."""
     model, (x, y) = fmnist_model, fmnist_test
@@ -336,6 +337,7 @@ class RowCounter(nn.Module):
 
 
 @needs_fmnist
+@pytest.mark.cross_processor
 def test_pgd_early_exit_matches_attacking_every_point_every_step(fmnist_model, fmnist_test):
     """Points leave the batch at their first adversarial iterate; that must not change any point's result
     against the plain loop (every point, every step, keep the first misclassified iterate), and must save work."""
@@ -363,6 +365,7 @@ def test_pgd_early_exit_matches_attacking_every_point_every_step(fmnist_model, f
 
 
 @needs_fmnist
+@pytest.mark.cross_processor
 def test_autoattack_result_of_a_point_does_not_depend_on_the_other_points(fmnist_model, fmnist_test):
     """APGD's random start is drawn per point (not per batch row), so attacking a subset (as the evaluation cascade
     does) gives each of its points the result it gets among all the points: same prediction, same example."""
@@ -481,6 +484,7 @@ def test_square_uses_no_gradients(fmnist_model, fmnist_test):
 
 
 @needs_fmnist
+@pytest.mark.cross_processor
 def test_square_result_of_a_point_does_not_depend_on_the_other_points(fmnist_model, fmnist_test):
     """L∞ Square's initial stripes are drawn per point and its squares come from a stream that no longer depends on
     the batch, so attacking a subset (as the evaluation cascade does) gives each point the example it gets among all

@@ -17,7 +17,8 @@ CFG = {
 }
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: 1 thread for small convs
+pytestmark = [pytest.mark.usefixtures("one_thread"),  # conftest: 1 thread for small convs
+              pytest.mark.cross_processor]
 
 
 @pytest.fixture(scope="module")

@@ -66,6 +66,7 @@ def relative_l2_gap(got: dict, expected: dict) -> float:
     return (gap / norm) ** 0.5
 
 
+@pytest.mark.cross_processor
 @pytest.mark.parametrize("bf16", ["0", "1"])
 def test_two_processes_match_one_process_of_the_same_global_batch(tmp_path, bf16):
     """bf16 "0": fp32, the per-element tolerance. "1": the engine's default, bf16 autocast where the CPU has native
