@@ -70,18 +70,34 @@ def test_each_check_fires(mutate, expected):
 
 
 def test_black_box_check_is_per_point():
-    """Flagged when a black box breaks points every white-box attack left robust (here 5 of 100, while its
-    accuracy alone, 60%, is far above the white-box 27%); not when it breaks only points a white-box attack broke."""
+    """Flagged when a black box breaks points every white-box attack left robust (here 5 of those 27, i.e. 18.5%,
+    while its accuracy alone, 60%, is far above the white-box 27%); not when it breaks only points a white-box attack
+    broke. The share is of the points the white-box attacks left robust, not of all attacked points."""
     r = healthy_result()  # white-box attacks leave the first 27 points robust at ε = 0.1
     key = eps_key(0.1)
     r["linf"]["square"][key] = [0] * 5 + [1] * 55 + [0] * 40
     reasons = masking_reasons(r, THRESHOLDS)
-    assert any("ε=0.1: black-box square breaks 5.0% of the points that every white-box attack" in s
+    assert any("ε=0.1: black-box square breaks 18.5% of the points that every white-box attack" in s
                and "left robust (27.0%)" in s for s in reasons), reasons
     r["linf"]["square"][key] = [1] * 27 + [0] * 73  # weaker than PGD overall, but only where white-box won too
     assert masking_reasons(r, THRESHOLDS) == []
-    r["linf"]["square"][key] = [0] * 2 + [1] * 98  # 2 points: not more than transfer_margin
+
+
+def test_black_box_check_threshold_is_a_share_of_the_white_box_survivors():
+    r = healthy_result()
+    key = eps_key(0.1)
+    for attack in ("fgsm_softmax_ce", "pgd_softmax_ce", "pgd_margin", "autoattack"):
+        r["linf"][attack][key] = points(50)  # 50 points left robust by every white-box attack
+        if eps_key(0.05) in r["linf"][attack]:
+            r["linf"][attack][eps_key(0.05)] = points(60)  # accuracy still falls with ε
+    r["linf"]["square"][key] = [0] + [1] * 99  # 1 of the 50: 2%, not more than transfer_margin
+    r["linf"]["transfer_surrogate"][key] = points(70)  # breaks none of the 50
     assert masking_reasons(r, THRESHOLDS) == []
+    r["linf"]["square"][key] = [0] * 2 + [1] * 98  # 2 of the 50: 4% (of all 100 points it would be 2%)
+    assert any("black-box square breaks 4.0% of the points" in s for s in masking_reasons(r, THRESHOLDS))
+    for attack in ("fgsm_softmax_ce", "pgd_softmax_ce", "pgd_margin", "autoattack"):
+        r["linf"][attack][key] = points(0)  # nothing left standing: nothing a black box could break beyond
+    assert not any("black-box" in s for s in masking_reasons(r, THRESHOLDS))
 
 
 def test_cw_summary_counts_failures_as_infinite():

@@ -83,7 +83,8 @@ def test_metrics_files_hold_numbers_and_short_labels_the_report_holds_the_words(
     report = (work / "results" / "gradient_masking.md").read_text()
     assert "## teacher: FLAGGED (ce_gap)" in report and "## student: not flagged" in report
     assert "autoattack leaves 27.0% but softmax-CE PGD leaves 40.0%" in report
-    assert (work / "plots" / "darht").is_dir() and not any((work / "plots" / "darht").iterdir())  # no placeholder
+    # no placeholder figure: only .keep, which keeps the (git-tracked) folder in a clone and which DVC ignores
+    assert [p.name for p in (work / "plots" / "darht").iterdir()] == [".keep"]
 
 
 def test_headline_file_is_small_and_numeric(run):

@@ -104,9 +104,10 @@ def masking_checks(result: dict, thresholds: dict) -> list[tuple[str, str]]:
         # and without the cascade, which gives Square only those points.)
         white = [a for a in WHITE_BOX if key in linf.get(a, {})]
         black = [a for a in linf if is_black_box(a, result["model"]) and key in linf[a]]
-        if white and black:
-            standing = worst_case_points(linf, key, white)
-            beyond = {a: sum(s and not b for s, b in zip(standing, linf[a][key])) / len(standing) for a in black}
+        standing = worst_case_points(linf, key, white) if white else []
+        if black and sum(standing):
+            # the share of the points every white-box attack left robust (not of all attacked points)
+            beyond = {a: sum(s and not b for s, b in zip(standing, linf[a][key])) / sum(standing) for a in black}
             bb = max(beyond, key=beyond.get)
             if beyond[bb] > thresholds["transfer_margin"]:
                 fire(BLACK_BOX, f"ε={eps:g}: black-box {bb} breaks {pct(beyond[bb])} of the points that every "
