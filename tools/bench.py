@@ -6,7 +6,7 @@ data, batch size and steps, in one process, alternating runs (engine, reference,
                                           # (time, peak memory), then `dvc repro` and `dvc exp run` after an
                                           # attack-only change, and the attack stage with and without the cascade
     python tools/bench.py --quick         # small sizes, a smoke test of this script (numbers not meaningful)
-    python tools/bench.py --pipeline --clone-dir /tmp/bench-clone --json results/bench.json   # the README's run
+    python tools/bench.py --pipeline --clone-dir /tmp/bench-clone --json results/bench.json   # docs/performance.md's run
 
 Compared:
   * training: `robustkd.training.train` as params.yaml's `engine` runs it (uint8 tensors on the device, batches cast
