@@ -93,7 +93,7 @@ def closing_summary(metrics: dict, headline_eps: float) -> str:
         "  metrics.json                        every attack at every ε, per model (`dvc metrics show metrics.json`)",
         "  results/gradient_masking.md         why each model is (or is not) flagged, in words",
         "  plots/                              figures (PNG) and plot data (`dvc plots show`)",
-        "  python src/report.py --models metrics.json   the full table, per model",
+        "  python tools/report.py --models metrics.json   the full table, per model",
     ])
 
 

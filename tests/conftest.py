@@ -6,6 +6,7 @@ import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "tools"))  # bench, report, apply_preset: the tools apart from the stages
 sys.path.insert(0, str(ROOT / "tests"))
 
 

@@ -1,4 +1,4 @@
-"""src/bench.py: its last line is one JSON object with the promised keys, and the pipeline timing reruns only the
+"""tools/bench.py: its last line is one JSON object with the promised keys, and the pipeline timing reruns only the
 attack and metrics stages after an attack-only change."""
 import json
 import subprocess
@@ -22,7 +22,7 @@ def test_cpu_description_reads_the_model_name_and_the_flags_that_matter():
 @pytest.mark.slow
 def test_bench_quick_prints_the_promised_json():
     pytest.importorskip("torchattacks")
-    proc = subprocess.run([sys.executable, str(ROOT / "src" / "bench.py"), "--quick"], cwd=ROOT, env=env(),
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "bench.py"), "--quick"], cwd=ROOT, env=env(),
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -61,8 +61,7 @@ def test_bench_quick_prints_the_promised_json():
 
 @pytest.mark.slow
 def test_pipeline_timing_on_a_tiny_repo(tmp_path):
-    sys.path.insert(0, str(ROOT / "src"))
-    import bench
+    import bench  # tools/, on sys.path through conftest
 
     repo = make_tiny_repo(tmp_path / "repo")
     result = bench.bench_pipeline(repo, tmp_path / "clone")

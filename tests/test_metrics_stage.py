@@ -67,9 +67,9 @@ def test_the_stage_ends_with_the_headline_table_and_the_pointers(run):
     assert "on 100 attacked points, with the 95% Wilson interval" in lines[head - 1]
     tail = "\n".join(lines[head + 3:])
     for pointer in ("headline.json", "metrics.json", "results/gradient_masking.md", "plots/",
-                    "python src/report.py --models metrics.json"):
+                    "python tools/report.py --models metrics.json"):
         assert pointer in tail
-    assert lines[-1].strip().startswith("python src/report.py --models metrics.json")  # the last word is the pointers'
+    assert lines[-1].strip().startswith("python tools/report.py --models metrics.json")  # the last word is the pointers'
 
 
 def test_metrics_files_hold_numbers_and_short_labels_the_report_holds_the_words(run):

@@ -1,10 +1,7 @@
-"""src/report.py turns `dvc exp show --json` (DVC 3 schema) and metrics.json into markdown tables."""
+"""tools/report.py turns `dvc exp show --json` (DVC 3 schema) and metrics.json into markdown tables."""
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-import report  # noqa: E402
+import report  # tools/, on sys.path through conftest
 
 
 def metrics(clean, ce, aa, flagged, temperature=20):

@@ -1,7 +1,7 @@
 """Merge a preset (a partial params file) into params.yaml, validate the result, write it atomically.
 
-    python src/apply_preset.py src/presets/cifar10.yaml && dvc repro
-    python src/apply_preset.py src/presets/cifar10.yaml --dry-run     # print the merged params only
+    python tools/apply_preset.py src/presets/cifar10.yaml && dvc repro
+    python tools/apply_preset.py src/presets/cifar10.yaml --dry-run     # print the merged params only
 """
 import argparse
 import copy
@@ -10,9 +10,10 @@ from pathlib import Path
 
 import yaml
 
-from robustkd import params as schema
-from robustkd.errors import ParamsError
-from robustkd.io import atomic_write_text
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # `python tools/apply_preset.py` imports robustkd from src/
+from robustkd import params as schema  # noqa: E402
+from robustkd.errors import ParamsError  # noqa: E402
+from robustkd.io import atomic_write_text  # noqa: E402
 
 
 def merge(base: dict, patch: dict) -> dict:

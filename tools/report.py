@@ -1,13 +1,13 @@
 """Markdown tables from results: one row per experiment (`dvc exp show --json`) or per model (metrics.json).
 
-    dvc exp show --json > /tmp/exps.json && python src/report.py /tmp/exps.json
-    dvc exp show --json | python src/report.py -          # same, from a pipe
-    dvc exp show --all-commits --json | python src/report.py - --commit 1a2b3c4 --experiments-only --params method
+    dvc exp show --json > /tmp/exps.json && python tools/report.py /tmp/exps.json
+    dvc exp show --json | python tools/report.py -          # same, from a pipe
+    dvc exp show --all-commits --json | python tools/report.py - --commit 1a2b3c4 --experiments-only --params method
                                                           # one sweep: the experiments queued from commit 1a2b3c4
-    python src/report.py --models metrics.json            # every model of the current run
-    python src/report.py --purification metrics.json      # method purification: both protocols, PSNR / SSIM
-    python src/report.py --transfer darht_transferability.json   # method darht: the transferability matrix
-    python src/report.py --bench results/bench.json       # src/bench.py's JSON: speed, memory, targets met
+    python tools/report.py --models metrics.json            # every model of the current run
+    python tools/report.py --purification metrics.json      # method purification: both protocols, PSNR / SSIM
+    python tools/report.py --transfer darht_transferability.json   # method darht: the transferability matrix
+    python tools/report.py --bench results/bench.json       # tools/bench.py's JSON: speed, memory, targets met
 
 Columns: the params that define a variant, then the student's clean accuracy, robust accuracy under
 the papers' softmax-CE PGD and under AutoAttack at the headline ε, the per-point worst case, the CW-L2
@@ -20,6 +20,9 @@ import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # `python tools/report.py` imports robustkd from src/
 
 PARAM_COLUMNS = ("method", "temperature", "chain_length")
 
@@ -223,7 +226,7 @@ def table(entries: list, model: str = "student", commit: str | None = None, expe
     return "\n".join(lines)
 
 
-# Issue targets for src/bench.py on the 2-core CPU: (key, comparison, bound).
+# Issue targets for tools/bench.py on the 2-core CPU: (key, comparison, bound).
 BENCH_TARGETS = {"train_speedup": 1.5, "attack_speedup": 1.3, "eval_speedup": 2.0}
 ATTACK_ONLY_MAX_FRACTION = 0.25
 BENCH_MODELS = ("natural", "distilled", "robust")  # the headline speedups are the natural model's
@@ -234,7 +237,7 @@ def _met(ok: bool) -> str:
 
 
 def bench_table(result: dict) -> str:
-    """src/bench.py's last output line as Markdown: engine vs reference, then the pipeline's stages."""
+    """tools/bench.py's last output line as Markdown: engine vs reference, then the pipeline's stages."""
     train, attack, ev = result["train"], result["attack"], result["eval"]
     refs = train["reference_images_per_s"]
     reference = "DataLoader: " + ", ".join(f"{v:.0f} ({k.split('_')[1]} workers)" for k, v in sorted(refs.items()))
@@ -333,7 +336,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="method darht: the teachers' transferability matrix (darht_transferability.json)")
     parser.add_argument("--headline-eps", type=float, default=None,
                         help="with --models: the ε of the robust-accuracy columns (default: params.yaml attack.headline_eps)")
-    parser.add_argument("--bench", metavar="BENCH_JSON", help="src/bench.py's JSON (its last output line)")
+    parser.add_argument("--bench", metavar="BENCH_JSON", help="tools/bench.py's JSON (its last output line)")
     args = parser.parse_args(argv)
     if args.bench:
         text = open(args.bench).read().strip()

@@ -1,12 +1,12 @@
 """Benchmark: this project's engine against the code a researcher would otherwise write, on the same model,
 data, batch size and steps, in one process, alternating runs (engine, reference, engine, reference, ...).
 
-    python src/bench.py                 # training, PGD and evaluation (about 12 min on 2 CPU cores)
-    python src/bench.py --pipeline      # also: the default `dvc repro` in a fresh clone of HEAD, stage by stage
-                                        # (time, peak memory), then `dvc repro` and `dvc exp run` after an
-                                        # attack-only change, and the attack stage with and without the cascade
-    python src/bench.py --quick         # small sizes, a smoke test of this script (numbers not meaningful)
-    python src/bench.py --pipeline --clone-dir /tmp/bench-clone --json results/bench.json   # the README's run
+    python tools/bench.py                 # training, PGD and evaluation (about 12 min on 2 CPU cores)
+    python tools/bench.py --pipeline      # also: the default `dvc repro` in a fresh clone of HEAD, stage by stage
+                                          # (time, peak memory), then `dvc repro` and `dvc exp run` after an
+                                          # attack-only change, and the attack stage with and without the cascade
+    python tools/bench.py --quick         # small sizes, a smoke test of this script (numbers not meaningful)
+    python tools/bench.py --pipeline --clone-dir /tmp/bench-clone --json results/bench.json   # docs/performance.md's run
 
 Compared:
   * training: `robustkd.training.train` as params.yaml's `engine` runs it (uint8 tensors on the device, batches cast
@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # `python tools/bench.py` imports robustkd from src/
 from robustkd import attacks, data, evaluation  # noqa: E402
 from robustkd.diagnostics import worst_case_points  # noqa: E402
 from robustkd.errors import ProjectError  # noqa: E402
@@ -338,7 +338,7 @@ def main() -> None:
                         "folder); it then holds the default run's outputs")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that the script runs")
     parser.add_argument("--json", type=Path, help="also write the JSON result here (e.g. results/bench.json; "
-                        "`python src/report.py --bench results/bench.json` renders it)")
+                        "`python tools/report.py --bench results/bench.json` renders it)")
     args = parser.parse_args()
     if args.repeats < 1 or args.train_images < 256 or args.attack_images < 10 or min(args.workers) < 0:
         parser.error("--repeats >= 1, --train-images >= 256, --attack-images >= 10, --workers >= 0")
