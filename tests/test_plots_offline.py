@@ -107,7 +107,7 @@ def test_plots_show_draws_every_plot_offline(template, tmp_path):
 @needs_chromium
 def test_plots_diff_draws_offline_and_clears_stale_images(template, tmp_path):
     repo = tmp_path / "repo"
-    for item in ("dvc.yaml", "params.yaml", ".dvc/config", ".dvc/plots", "plots", "dvclive"):
+    for item in ("dvc.yaml", "params.yaml", ".dvc/config", ".dvc/plots", ".dvcignore", "plots", "dvclive"):
         src, dst = ROOT / item, repo / item
         dst.parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
