@@ -374,7 +374,7 @@ def test_unused_teacher_stage_writes_a_marker_without_importing_torch(tmp_path):
     assert proc.returncode == 0, proc.stderr
     written = json.loads((tmp_path / "models/darht/vit/models.json").read_text())
     assert written["models"] == [] and "not darht" in written["note"] and written["stage"] == "darht_teacher@vit"
-    assert written["index"] == list(p["darht"]["pool"]).index("vit")
+    assert written["index"] == list(yaml.safe_load((tmp_path / "params.yaml").read_text())["darht"]["pool"]).index("vit")
     note = json.loads((tmp_path / "dvclive/darht/vit/teacher.json").read_text())
     assert note["used"] is False and "not darht" in note["reason"] and note["arch"] == "vit_small"
     assert not (tmp_path / "models/darht/vit/teacher.pt").exists()

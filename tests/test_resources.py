@@ -200,5 +200,5 @@ def test_cuda_deterministic_is_a_param_of_the_training_stages_only():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     using = {name for name, stage in stages.items() if "cuda_deterministic" in stage.get("params", [])}
     assert using == {"teacher", "assistant", "student", "surrogate"}
-    for name in using:  # and each of those stages passes it on to train_role
-        assert 'cuda_deterministic=params["cuda_deterministic"]' in (ROOT / "src" / f"{name}.py").read_text()
+    for name in using:  # and each of those stages hands it to train_role, in the stage's TrainingRun
+        assert "load_training_run(params)" in (ROOT / "src" / f"{name}.py").read_text()

@@ -165,6 +165,7 @@ def test_teacher_training_override_and_robust_teachers_by_default():
     p = default_params()
     for method in ("ard", "rslad", "ltd"):
         p["method"] = method
-        assert teacher_training(p) in ("pgd_at", "trades")
+        assert METHODS[method].teacher_training_for(p) in ("pgd_at", "trades")
     p["teacher"]["training"] = "trades"
-    assert teacher_training(p) == "trades" and isinstance(teacher_loss(p), TRADES)
+    training = METHODS[p["method"]].teacher_training_for(p)
+    assert training == "trades" and isinstance(TEACHER_TRAININGS[training](p), TRADES)
