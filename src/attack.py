@@ -2,36 +2,47 @@
 
 Clean accuracy comes from the predict stage (results/predict/), which an attack-only change does not rerun.
 
-With purifiers (method purification) every model is also given the paper's protocol: examples crafted on the
-teacher classifier alone. With DARHT teachers (method darht), PGD examples crafted on each teacher are replayed on
-every model (`transfer_darht_<name>`: black-box transfer to the student, and the transferability matrix); the
-teachers get the reduced suite unless `darht.teacher_evaluation` is full. Also draws plots/adversarial_examples.png: clean vs adversarial images with each
-model's prediction, or for purification the adversarial images before and after each purifier.
+The models, and how each is treated, come from the training stages' manifests (robustkd.manifest), not from method
+code: when a model purifies for a classifier (method purification), every model is also given the paper's protocol,
+examples crafted on that classifier alone; PGD examples crafted on each transfer source (method darht's teachers) are
+replayed on every model (`transfer_<source>`: black-box transfer to the student, and the transferability matrix); a
+model whose entry names a `suite_param` (`darht.teacher_evaluation`) gets the reduced suite when that param says so.
+Also draws plots/adversarial_examples.png: clean vs adversarial images with each model's prediction, or, with
+purifiers, the adversarial images before and after each purifier.
 """
 import shutil
 from pathlib import Path
 
 import torch
 
-from robustkd import attacks, darht, data, evaluation, plotting, purification
+from robustkd import attacks, data, evaluation, manifest, plotting, stage
 from robustkd.errors import ParamsError
 from robustkd.inference import load_clean_correct
 from robustkd.io import atomic_write_json
-from robustkd.pipeline import MODELS_DIR, PREPARED_DIR, evaluated_models, load_model, run_stage
+from robustkd.paths import ATTACK_RESULTS_DIR, PREPARED_DIR, SURROGATE_PATH
+from robustkd.roles import load_model
 from robustkd.training import pick_device, to_float
-
-RESULTS_DIR = Path("results/attack")
 
 
 def reduced_suite(cfg: dict) -> dict:
-    """The attack settings of `darht.teacher_evaluation: reduced`: FGSM, both PGDs and the transfer attacks at every
-    ε; no AutoAttack, Square, PGD-L2 or CW-L2 (the student gets all of them)."""
+    """The attack settings of a model whose `suite_param` says reduced: FGSM, both PGDs and the transfer attacks at
+    every ε; no AutoAttack, Square, PGD-L2 or CW-L2 (the student gets all of them)."""
     return {**cfg, "autoattack": {**cfg["autoattack"], "eps": []}, "square": {**cfg["square"], "n_queries": 0},
             "pgd_l2": {**cfg["pgd_l2"], "eps": []}, "cw_l2": {**cfg["cw_l2"], "n_points": 0}}
 
 
-def craft_on_darht_teachers(paths: dict[str, Path], x, y, cfg: dict) -> dict[str, dict]:
-    """{`transfer_<teacher>`: {eps key: x_adv}}: margin PGD (last iterate, `attack.transfer.steps`) on each teacher."""
+def suite_of(evaluated: dict, params: dict) -> str:
+    """"full", or what the params key named by the manifest entry's `suite_param` says (full | reduced)."""
+    if "suite_param" not in evaluated:
+        return "full"
+    value = params
+    for key in evaluated["suite_param"].split("."):
+        value = value[key]
+    return value
+
+
+def craft_on_sources(paths: dict[str, Path], x, y, cfg: dict) -> dict[str, dict]:
+    """{`transfer_<source>`: {eps key: x_adv}}: margin PGD (last iterate, `attack.transfer.steps`) on each source."""
     out = {}
     for name, path in paths.items():
         teacher, _ = load_model(path)
@@ -71,32 +82,34 @@ def main(params: dict) -> None:
     # A seeded subset, stated in the results; the same points for every model and attack.
     attack_idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg["seed"]))[:n_points].sort().values
     attack_idx = attack_idx.to(device)
-    surrogate, _ = load_model(MODELS_DIR / "surrogate.pt")
+    surrogate, _ = load_model(SURROGATE_PATH)
     with attacks.frozen(surrogate):
         transfer_adv = evaluation.craft_transfer(surrogate, x_test[attack_idx], y_test[attack_idx], cfg)
 
-    purifiers = purification.purifier_paths()
-    darht_teachers = darht.evaluated_teachers(MODELS_DIR / "student.pt")
-    paths = evaluated_models()
-    from_teachers = craft_on_darht_teachers(darht_teachers, x_test[attack_idx], y_test[attack_idx], cfg)
+    models = manifest.evaluated_models()
+    paths = {name: Path(evaluated["checkpoint"]) for name, evaluated in models.items()}
+    sources = {name: paths[name] for name, evaluated in models.items() if evaluated.get("transfer_source")}
+    from_sources = craft_on_sources(sources, x_test[attack_idx], y_test[attack_idx], cfg)
+    classifiers = {evaluated["classifier"] for evaluated in models.values() if "classifier" in evaluated}
     on_classifier, purified = None, {}  # purified: the models with a purifier, for the picture
-    if purifiers:  # the paper's protocol, crafted once on the bare classifier
-        classifier, _ = load_model(paths["teacher"])
+    if classifiers:  # the paper's protocol, crafted once on the bare classifier
+        (classifier_name,) = classifiers
+        classifier, _ = load_model(paths[classifier_name])
         with attacks.frozen(classifier):
             on_classifier = evaluation.craft_on_classifier(classifier, x_test[attack_idx], y_test[attack_idx], cfg)
 
-    shutil.rmtree(RESULTS_DIR, ignore_errors=True)
+    shutil.rmtree(ATTACK_RESULTS_DIR, ignore_errors=True)
     examples = {}
     n_ex = cfg["n_example_images"]
     for name, path in paths.items():
         model, info = load_model(path)
         if hasattr(model, "purifier"):
             purified[name] = model
-        reduced = name in darht_teachers and params["darht"]["teacher_evaluation"] == "reduced"
+        reduced = suite_of(models[name], params) == "reduced"
         clean_correct = load_clean_correct(name, path, meta["files"]["test.pt"], y_test)
         with attacks.frozen(model):
             result = evaluation.evaluate(model, name, x_test, y_test, attack_idx, reduced_suite(cfg) if reduced else cfg,
-                                         transfer_adv, on_classifier, extra_transfer=from_teachers,
+                                         transfer_adv, on_classifier, extra_transfer=from_sources,
                                          clean_correct=clean_correct)
             if n_ex and on_classifier is None:
                 xe, ye = x_test[attack_idx[:n_ex]], y_test[attack_idx[:n_ex]]
@@ -109,9 +122,9 @@ def main(params: dict) -> None:
         result.update(info=info, attack_points=attack_idx.tolist(), eps=cfg["eps"], headline_eps=cfg["headline_eps"],
                       suite="reduced" if reduced else "full",
                       autoattack_version=cfg["autoattack"]["version"], autoattack_attacks=cfg["autoattack"]["attacks"])
-        atomic_write_json(RESULTS_DIR / f"{name}.json", result)
+        atomic_write_json(ATTACK_RESULTS_DIR / f"{name}.json", result)
         print(f"[attack] {name}: clean {result['clean_correct'] / result['n_test']:.4f}")
-    atomic_write_json(RESULTS_DIR / "index.json", {"models": list(paths)})
+    atomic_write_json(ATTACK_RESULTS_DIR / "index.json", {"models": list(paths)})
     if n_ex and on_classifier is not None:
         with attacks.frozen(classifier):
             purification_examples(classifier, purified, x_test[attack_idx[:n_ex]], y_test[attack_idx[:n_ex]], cfg,
@@ -122,4 +135,4 @@ def main(params: dict) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    stage.run(main, torchrun=True)

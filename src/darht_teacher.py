@@ -3,18 +3,20 @@
     python src/darht_teacher.py <name>
 
 Trains the teacher `darht.pool.<name>` into models/darht/<name>/teacher.pt when the method is darht and the entry
-has `use: true`; otherwise it only writes models/darht/<name>/teacher.json saying why (no torch import: the
-stage costs a fraction of a second, so the default pipeline is not slowed down). See robustkd/darht.py.
+has `use: true`, and lists it in models/darht/<name>/models.json; otherwise it writes that manifest empty, saying
+why (no torch import: the stage costs a fraction of a second, so the default pipeline is not slowed down). See
+robustkd/methods/darht_pool.py.
 """
 import sys
 
-from robustkd import darht, stage
+from robustkd import stage
+from robustkd.methods import darht_pool
 
 
 def main(argv: list[str]) -> None:
     if len(argv) != 1:
         sys.exit("usage: python src/darht_teacher.py <name in darht.pool>")
-    stage.run(lambda params: darht.train_pool_member(params, argv[0]))
+    stage.run(lambda params: darht_pool.train_pool_member(params, argv[0]))
 
 
 if __name__ == "__main__":

@@ -15,11 +15,10 @@ from pathlib import Path
 from robustkd import plotting, stage
 from robustkd.diagnostics import masking_reasons, summarise, transferability
 from robustkd.io import atomic_write_json, atomic_write_text
+from robustkd.paths import ATTACK_RESULTS_DIR, TIMING_DIR
 from robustkd.suite import eps_key
 
-RESULTS_DIR = Path("results/attack")
 PLOTS_DIR = Path("plots")
-TIMING_DIR = Path(".timing")  # robustkd.pipeline.TIMING_DIR (not imported: that module needs torch)
 
 
 def train_seconds(role: str) -> float | None:
@@ -31,8 +30,8 @@ def train_seconds(role: str) -> float | None:
 
 
 def load_results() -> list[dict]:
-    names = json.loads((RESULTS_DIR / "index.json").read_text())["models"]
-    return [json.loads((RESULTS_DIR / f"{n}.json").read_text()) for n in names]
+    names = json.loads((ATTACK_RESULTS_DIR / "index.json").read_text())["models"]
+    return [json.loads((ATTACK_RESULTS_DIR / f"{n}.json").read_text()) for n in names]
 
 
 def masking_report(metrics: dict, reasons: dict[str, list[str]], headline_eps: float) -> str:

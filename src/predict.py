@@ -5,11 +5,13 @@ Clean accuracy depends on the models and the test set only; computed here, once 
 made from the checkpoint it attacks.
 """
 import shutil
+from pathlib import Path
 
-from robustkd import data
-from robustkd.inference import PREDICTIONS_DIR, predict, save_predictions
+from robustkd import data, manifest, stage
+from robustkd.inference import predict, save_predictions
 from robustkd.io import atomic_write_json
-from robustkd.pipeline import PREPARED_DIR, evaluated_models, load_model, run_stage
+from robustkd.paths import PREDICTIONS_DIR, PREPARED_DIR
+from robustkd.roles import load_model
 from robustkd.training import pick_device, to_float
 
 
@@ -17,16 +19,17 @@ def main(params: dict) -> None:
     batch_size = params["attack"]["batch_size"]
     meta = data.load_meta(PREPARED_DIR)
     x_u8, y = data.load_split(PREPARED_DIR, "test")
-    paths = evaluated_models()
+    models = manifest.evaluated_models()
     device = pick_device()
     x_test, y_test = to_float(x_u8).to(device), y.to(device)
     shutil.rmtree(PREDICTIONS_DIR, ignore_errors=True)
-    for name, path in paths.items():
+    for name, evaluated in models.items():
+        path = Path(evaluated["checkpoint"])
         model, _ = load_model(path)
         correct = save_predictions(name, path, meta["files"]["test.pt"], predict(model, x_test, batch_size), y_test)
         print(f"[predict] {name}: clean {correct / len(y_test):.4f}")
-    atomic_write_json(PREDICTIONS_DIR / "index.json", {"models": list(paths)})
+    atomic_write_json(PREDICTIONS_DIR / "index.json", {"models": list(models)})
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    stage.run(main, torchrun=True)

@@ -1,8 +1,8 @@
 """Stage `prepare`: raw dataset -> compact uint8 tensors (train/val/test) + meta.json with checksums."""
 from pathlib import Path
 
-from robustkd import data
-from robustkd.pipeline import PREPARED_DIR, run_stage
+from robustkd import data, stage
+from robustkd.paths import PREPARED_DIR
 
 
 def main(params: dict) -> None:
@@ -14,4 +14,4 @@ def main(params: dict) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    stage.run(main)

@@ -19,7 +19,9 @@ from robustkd.adversarial import InnerAttack
 from robustkd.diagnostics import masking_reasons, summarise, transferability
 from robustkd.errors import ParamsError
 from robustkd.losses import DARHT, Distillation, kd_kl
-from robustkd.methods import METHODS
+from robustkd.methods import darht_pool
+from robustkd.methods.darht import Darht, student_loss
+from robustkd.methods.registry import METHODS
 from robustkd.models import (Classifier, FeatureMapHead, build_model, load_checkpoint, model_spec, place,
                              save_checkpoint)
 from robustkd.training import TrainConfig, train
@@ -295,8 +297,8 @@ def test_the_method_registry_builds_darht_from_params():
     p["method"] = "darht"
     params_mod.validate(p)
     m = METHODS["darht"]
-    assert m.pool_teachers and m.distills and m.teacher_training == "natural"
-    loss = m.student_loss(p, p["student"], [teacher(1), teacher(2)])
+    assert isinstance(m, Darht) and m.teacher_training == "natural" and m.single_process_reason
+    loss = student_loss(p, [teacher(1), teacher(2)])
     assert isinstance(loss, DARHT) and len(loss.teachers) == 2
     assert loss.attack.eps == p["attack"]["headline_eps"] and loss.adversarial_prob == p["darht"]["adversarial_prob"]
     model = student(2)
@@ -349,11 +351,9 @@ def test_member_overrides_are_optional_and_checked():
     p = default_params()
     p["darht"]["pool"]["vit"].update(epochs=3, lr=0.001)
     params_mod.validate(p)
-    from robustkd.darht import training_group
-
-    g = training_group(p, "vit")
+    g = darht_pool.training_group(p, "vit")
     assert g["epochs"] == 3 and g["lr"] == 0.001 and g["arch"] == "vit_small" and g["depth"] == 3
-    assert training_group(p, "resnet")["epochs"] == p["darht"]["teacher_training"]["epochs"]
+    assert darht_pool.training_group(p, "resnet")["epochs"] == p["darht"]["teacher_training"]["epochs"]
     p["darht"]["pool"]["vit"]["epochs"] = 0
     assert "`darht.pool.vit.epochs` = 0: out of range" in errors_of(p)
 
@@ -361,7 +361,8 @@ def test_member_overrides_are_optional_and_checked():
 # --- the teacher stage for unused entries -----------------------------------------------------------------------
 
 def test_unused_teacher_stage_writes_a_marker_without_importing_torch(tmp_path):
-    """For other methods (and `use: false`) `darht_teacher@<name>` must cost nothing: no torch import, a marker."""
+    """For other methods (and `use: false`) `darht_teacher@<name>` must cost nothing: no torch import, an empty
+    manifest saying why."""
     p = default_params()
     assert p["method"] != "darht"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
@@ -371,9 +372,11 @@ def test_unused_teacher_stage_writes_a_marker_without_importing_torch(tmp_path):
             "assert 'torch' not in sys.modules, 'torch was imported'")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    for folder in ("models/darht/vit", "dvclive/darht/vit"):
-        marker = json.loads((tmp_path / folder / "teacher.json").read_text())
-        assert marker["used"] is False and "not darht" in marker["reason"] and marker["arch"] == "vit_small"
+    written = json.loads((tmp_path / "models/darht/vit/models.json").read_text())
+    assert written["models"] == [] and "not darht" in written["note"] and written["stage"] == "darht_teacher@vit"
+    assert written["index"] == list(yaml.safe_load((tmp_path / "params.yaml").read_text())["darht"]["pool"]).index("vit")
+    note = json.loads((tmp_path / "dvclive/darht/vit/teacher.json").read_text())
+    assert note["used"] is False and "not darht" in note["reason"] and note["arch"] == "vit_small"
     assert not (tmp_path / "models/darht/vit/teacher.pt").exists()
     bad = subprocess.run([sys.executable, str(ROOT / "src" / "darht_teacher.py"), "nope"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=60)
@@ -381,13 +384,11 @@ def test_unused_teacher_stage_writes_a_marker_without_importing_torch(tmp_path):
 
 
 def test_student_stage_names_the_missing_teacher_stage(tmp_path, monkeypatch):
-    from robustkd import darht as darht_mod
-
     monkeypatch.chdir(tmp_path)
     p = default_params()
     p["method"] = "darht"
     with pytest.raises(ParamsError, match=r"dvc repro darht_teacher@papernot"):
-        darht_mod.teacher_checkpoints(p)
+        darht_pool.teacher_checkpoints(p)
 
 
 # --- the transferability matrix ---------------------------------------------------------------------------------

@@ -42,10 +42,12 @@ def test_outputs_and_metrics_schema(repo):
     for name in ("accuracy_vs_robustness.png", "robust_vs_eps.png", "adversarial_examples.png"):
         assert (repo / "plots" / name).read_bytes()[:4] == b"\x89PNG"
     assert (repo / "models" / "assistants" / "assistant_1.pt").is_file()
-    assert json.loads((repo / "models" / "purifiers" / "purifiers.json").read_text()) == {"purifiers": []}
-    for name in ("papernot", "vit"):  # DARHT's teacher stages only wrote their markers
-        marker = json.loads((repo / "models" / "darht" / name / "teacher.json").read_text())
-        assert marker["used"] is False and not (repo / "models" / "darht" / name / "teacher.pt").exists()
+    assistants = json.loads((repo / "models" / "assistants" / "models.json").read_text())["models"]
+    assert assistants[0] == {"name": "assistant_1", "checkpoint": "models/assistants/assistant_1.pt"}
+    assert json.loads((repo / "models" / "purifiers" / "models.json").read_text())["models"] == []
+    for name in ("papernot", "vit"):  # DARHT's teacher stages only wrote their (empty) manifests
+        written = json.loads((repo / "models" / "darht" / name / "models.json").read_text())
+        assert written["models"] == [] and not (repo / "models" / "darht" / name / "teacher.pt").exists()
     assert json.loads((repo / "darht_transferability.json").read_text())["teachers"] == []
     assert metrics["student"]["purifier"] is None and metrics["student"]["paper_protocol_headline"] is None
 

@@ -16,7 +16,7 @@ from robustkd.errors import ParamsError
 from robustkd.losses import AdversarialReconstruction, PurifierDistillation, PurifierReconstruction
 from robustkd.models import (ConvAutoencoder, IdentityPurifier, PurifiedClassifier, build_model, load_checkpoint,
                              model_spec, place, purified_spec, save_checkpoint, build_from_spec)
-from robustkd.purification import check_feature_matching
+from robustkd.methods.purification import check_feature_matching
 from robustkd.training import TrainConfig, make_optimizer
 
 ATTACK = InnerAttack(eps=0.1, steps=2, step_size=0.05)

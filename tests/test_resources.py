@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from fixtures_data import write_fashion_mnist_idx
-from robustkd import data, io as rio, pipeline
+from robustkd import data, io as rio, roles
 from robustkd.errors import ResourceError
 from robustkd.losses import TemperatureCE
 from robustkd.models import build_model, save_checkpoint
@@ -133,8 +133,9 @@ def test_out_of_memory_names_the_batch_size_param_and_writes_nothing(tmp_path, m
     monkeypatch.chdir(tmp_path)
     x, y = torch.randint(0, 255, (64, 1, 28, 28), dtype=torch.uint8), torch.arange(64) % 10
     with pytest.raises(ResourceError) as caught:
-        pipeline.train_role(role, GROUP, 0, raising_loss(err), Path("models/m.pt"), Path("dvclive") / role, META,
-                            (x, y), (x, y), extra_info={}, cuda_deterministic=False, params_group=params_group)
+        roles.train_role(roles.RoleSpec(role, GROUP, 0, raising_loss(err), Path("models/m.pt"), Path("dvclive") / role,
+                                        record={}, params_group=params_group),
+                         roles.TrainingRun(META, (x, y), (x, y), cuda_deterministic=False))
     msg = str(caught.value)
     assert f"`{expected}` = 32" in msg and f"Lower `{expected}`" in msg and "e.g. to 16" in msg
     assert str(err).splitlines()[0][:40] in msg  # the allocator's own words, for the record
@@ -171,7 +172,7 @@ def test_cuda_deterministic_changes_nothing_on_cpu(restore_torch_flags):
     torch.use_deterministic_algorithms(False)
     torch.backends.cudnn.benchmark = False
     for flag in (True, False):
-        pipeline.configure_cuda_determinism(flag, torch.device("cpu"))
+        roles.configure_cuda_determinism(flag, torch.device("cpu"))
         assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark
         assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
 
@@ -180,17 +181,17 @@ def test_cuda_deterministic_sets_the_cuda_flags(restore_torch_flags):
     """Only the flags: the kernels they select need a GPU, which this machine lacks."""
     os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
     torch.use_deterministic_algorithms(False)
-    pipeline.configure_cuda_determinism(True, torch.device("cuda"))
+    roles.configure_cuda_determinism(True, torch.device("cuda"))
     assert torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
 
     torch.use_deterministic_algorithms(False)
     os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":16:8"  # the other valid setting is kept
-    pipeline.configure_cuda_determinism(True, torch.device("cuda"))
+    roles.configure_cuda_determinism(True, torch.device("cuda"))
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
 
     torch.use_deterministic_algorithms(False)
-    pipeline.configure_cuda_determinism(False, torch.device("cuda"))
+    roles.configure_cuda_determinism(False, torch.device("cuda"))
     assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
 
 
@@ -199,5 +200,5 @@ def test_cuda_deterministic_is_a_param_of_the_training_stages_only():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     using = {name for name, stage in stages.items() if "cuda_deterministic" in stage.get("params", [])}
     assert using == {"teacher", "assistant", "student", "surrogate"}
-    for name in using:  # and each of those stages passes it on to train_role
-        assert 'cuda_deterministic=params["cuda_deterministic"]' in (ROOT / "src" / f"{name}.py").read_text()
+    for name in using:  # and each of those stages hands it to train_role, in the stage's TrainingRun
+        assert "load_training_run(params)" in (ROOT / "src" / f"{name}.py").read_text()

@@ -10,7 +10,9 @@ import yaml
 from robustkd import params as params_mod
 from robustkd.adversarial import InnerAttack, maximise
 from robustkd.losses import ARD, LTD, PGDAT, RSLAD, TRADES, kd_kl, kl
-from robustkd.methods import METHODS, TEACHER_TRAININGS, loss_params, teacher_loss, teacher_training
+from robustkd.methods.base import TEACHER_TRAININGS, loss_params
+from robustkd.methods.one_loss import ONE_LOSS_METHODS
+from robustkd.methods.registry import METHODS
 from robustkd.models import build_model
 from conftest import ROOT
 
@@ -124,7 +126,7 @@ def default_params():
 
 
 def test_every_method_in_the_schema_is_registered():
-    assert set(params_mod.METHODS) == set(METHODS)
+    assert set(params_mod.METHOD_NAMES) == set(METHODS)
     assert set(params_mod.TEACHER_TRAININGS) == {"auto", *TEACHER_TRAININGS}
 
 
@@ -138,16 +140,16 @@ def test_training_attack_epsilon_defaults_to_the_headline_epsilon():
     assert loss_params(p)["train_attack"]["eps"] == 0.2
 
 
-@pytest.mark.parametrize("method", sorted(n for n, m in METHODS.items() if not m.purifies and not m.pool_teachers))
+@pytest.mark.parametrize("method", sorted(ONE_LOSS_METHODS))
 def test_each_method_builds_its_losses(method):
     """Every single-teacher classifier method (purification's losses: tests/test_purification.py; darht's, with K
     teachers and a feature-map student: tests/test_darht.py)."""
     p = default_params()
     p["method"] = method
     params_mod.validate(p)
-    assert teacher_training(p) == METHODS[method].teacher_training
+    m = ONE_LOSS_METHODS[method]
+    assert m.teacher_training_for(p) == m.teacher_training
     teacher = small_model(1)
-    m = METHODS[method]
     loss_fn = m.student_loss(p, p["student"], teacher if m.distills else None)
     student = small_model(0, temperature=m.output_temperature(p))
     x, y = batch(4)
@@ -156,13 +158,14 @@ def test_each_method_builds_its_losses(method):
     loss.backward()
     assert all(p.grad is not None for p in student.parameters())
     assert all(q.grad is None for q in teacher.parameters())  # the teacher is frozen
-    assert callable(teacher_loss(p))
+    assert callable(TEACHER_TRAININGS[m.teacher_training_for(p)])
 
 
 def test_teacher_training_override_and_robust_teachers_by_default():
     p = default_params()
     for method in ("ard", "rslad", "ltd"):
         p["method"] = method
-        assert teacher_training(p) in ("pgd_at", "trades")
+        assert METHODS[method].teacher_training_for(p) in ("pgd_at", "trades")
     p["teacher"]["training"] = "trades"
-    assert teacher_training(p) == "trades" and isinstance(teacher_loss(p), TRADES)
+    training = METHODS[p["method"]].teacher_training_for(p)
+    assert training == "trades" and isinstance(TEACHER_TRAININGS[training](p), TRADES)

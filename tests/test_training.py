@@ -116,7 +116,7 @@ def test_stage_killed_after_its_first_model_does_not_train_it_again(tmp_path, mo
     the second: the rerun rebuilds the first model's checkpoint byte for byte from its finished resume file,
     without a single training step, and its dvclive log too. Both finished resume files are kept afterwards (a stage
     killed after its script ended, before DVC recorded it, reruns in seconds the same way)."""
-    from robustkd import pipeline
+    from robustkd import roles
 
     monkeypatch.chdir(tmp_path)
     group = dict(arch="lenet", width="mnist", epochs=2, batch_size=32, optimizer="adam", lr=2e-3, momentum=0.9,
@@ -125,8 +125,9 @@ def test_stage_killed_after_its_first_model_does_not_train_it_again(tmp_path, mo
     data, val = toy_data(96, 0), toy_data(32, 1)
 
     def role(name, loss, upstream=()):
-        return pipeline.train_role(name, group, 0, loss, tmp_path / f"{name}.pt", tmp_path / "live" / name, meta,
-                                   data, val, extra_info={}, upstream=list(upstream), cuda_deterministic=False)
+        return roles.train_role(roles.RoleSpec(name, group, 0, loss, tmp_path / f"{name}.pt", tmp_path / "live" / name,
+                                               record={}, upstream=list(upstream)),
+                                roles.TrainingRun(meta, data, val, cuda_deterministic=False))
 
     def killed(model, x, y):
         raise KeyboardInterrupt("simulated kill")

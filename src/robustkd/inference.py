@@ -15,8 +15,8 @@ from torch import nn
 
 from .errors import CheckpointError
 from .io import atomic_write_json, sha256_file
+from .paths import PREDICTIONS_DIR
 
-PREDICTIONS_DIR = Path("results/predict")
 RERUN = "rerun the predict stage (`dvc repro predict`, or `python src/predict.py`)"
 
 

@@ -1,6 +1,6 @@
 """Training objectives. Each is ``loss(model, x, y) -> (scalar loss, logits)``.
 
-A new method is a new loss here plus an entry in :mod:`robustkd.methods`, not a new pipeline.
+A new one-loss method is a new loss here plus an entry in :mod:`robustkd.methods.one_loss`, not a new pipeline.
 Temperatures divide logits before the softmax. The returned logits (for the training-accuracy curve) are on
 the clean batch when the loss computes them, else on the adversarial batch (PGD-AT, ARD with α = 1).
 Teachers are frozen and queried in eval mode on the clean batch. Adversarial examples come from

@@ -16,10 +16,10 @@ from typing import Any
 import yaml
 
 from .errors import ParamsError
+from .method_names import METHOD_NAMES
 
 ARCHS = ("papernot_cnn", "lenet", "resnet18", "mobilenetv2", "resnet_small", "mobilenetv2_small", "vit_small")
 DATASET_NAMES = ("fashion_mnist", "mnist", "cifar10", "cifar100", "tinyimagenet")
-METHODS = ("natural", "defensive_distillation", "pgd_at", "trades", "ard", "rslad", "ltd", "purification", "darht")
 PURIFIER_ARCHS = ("cae", "identity")
 TEACHER_TRAININGS = ("auto", "natural", "temperature", "pgd_at", "trades")
 OPTIMIZERS = ("sgd", "adam")
@@ -237,7 +237,7 @@ SCHEMA = Group(
     {
         "seed": Int(0, 2**31 - 1),
         "dataset": Choice(DATASET_NAMES),
-        "method": Choice(METHODS),
+        "method": Choice(METHOD_NAMES),
         "temperature": Float(0.0, 1e4, min_exclusive=True),
         "chain_length": Int(0, 20),
         "cuda_deterministic": Bool(),

@@ -265,11 +265,14 @@ def train(
     run_id: str = "",
     batch_size_param: str = "batch_size",
     engine: Engine | None = None,
+    single_process_reason: str | None = None,
 ) -> TrainResult:
     """Train ``model`` in place and return it loaded with its best-validation-accuracy weights.
 
     ``batch_size_param`` is the params.yaml key named when a step runs out of memory (``teacher.batch_size``).
     ``engine``: bf16 autocast and torch.compile (default: ``Engine()``: bf16 where native, no compile).
+    ``single_process_reason``: why this model cannot train under DDP (the method's loss calls the model's parts
+    directly); None: it can.
     Under torchrun (WORLD_SIZE > 1): DDP, each process a share of every global batch of ``cfg.batch_size``;
     only rank 0 writes the resume file and the dvclive log, and every process returns the same weights.
     """
@@ -280,14 +283,9 @@ def train(
     rank = distributed.rank() if world > 1 else 0
     main = rank == 0
     distributed.check_batch_size(cfg.batch_size, len(train_data[1]), batch_size_param, world)
-    if world > 1 and hasattr(model, "purifier"):
-        raise ProjectError(f"[{role}] purifier training (method purification) calls the purifier inside the model "
-                           f"directly, which DistributedDataParallel would not synchronise: run it as one process "
-                           f"(`python src/<stage>.py` or `dvc repro`), not under torchrun.")
-    if world > 1 and type(getattr(model, "head", None)).__name__ == "FeatureMapHead":
-        raise ProjectError(f"[{role}] the DARHT student's loss calls `forward_with_map` on the model directly, which "
-                           f"DistributedDataParallel would not synchronise: run it as one process "
-                           f"(`python src/student.py` or `dvc repro`), not under torchrun.")
+    if world > 1 and single_process_reason:
+        raise ProjectError(f"[{role}] {single_process_reason}, which DistributedDataParallel would not synchronise: "
+                           f"run it as one process (`python src/<stage>.py` or `dvc repro`), not under torchrun.")
     x_train, y_train = (t.to(device) for t in train_data)
     x_val, y_val = (t.to(device) for t in val_data)
     optimizer = make_optimizer(model, cfg)

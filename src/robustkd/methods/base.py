@@ -1,0 +1,69 @@
+"""The interface every method implements, and the teacher trainings the methods share.
+
+A method says:
+- what the teacher stage trains: the teacher's loss (``teacher_training``, what `teacher.training: auto` means) and
+  any models beside it (:meth:`Method.train_teacher_extras`, listed in that stage's manifest);
+- how the assistants and the student are trained (:meth:`Method.train_assistants`, :meth:`Method.train_student`);
+- which models the attack stage evaluates: the manifests its stages write (:mod:`robustkd.manifest`);
+- what it records: each role's ``record`` (:class:`robustkd.roles.RoleSpec`);
+- whether it supports DDP: ``single_process_reason`` (None: it does).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Callable
+
+from ..adversarial import InnerAttack
+from ..losses import PGDAT, TRADES, TemperatureCE
+from ..roles import TrainingRun
+from ..training import LossFn
+
+# How a teacher can be trained (`teacher.training`, and each DARHT pool entry's `training`).
+TEACHER_TRAININGS: dict[str, Callable[[dict], LossFn]] = {
+    "natural": lambda p: TemperatureCE(1.0),
+    "temperature": lambda p: TemperatureCE(p["temperature"]),
+    "pgd_at": lambda p: PGDAT(InnerAttack.from_params(p)),
+    "trades": lambda p: TRADES(InnerAttack.from_params(p, random_start="normal"), p["trades"]["beta"]),
+}
+
+
+class Method(ABC):
+    description: str
+    teacher_training: str                    # what `teacher.training: auto` means for this method
+    single_process_reason: str | None = None  # why its student cannot train under torchrun; None: it can
+
+    def teacher_training_for(self, params: dict) -> str:
+        """`teacher.training`, with "auto" resolved to what the method needs."""
+        chosen = params["teacher"]["training"]
+        return self.teacher_training if chosen == "auto" else chosen
+
+    def teacher_temperature(self, params: dict) -> float:
+        return float(params["temperature"]) if self.teacher_training_for(params) == "temperature" else 1.0
+
+    def train_teacher_extras(self, params: dict, run: TrainingRun) -> list[dict]:
+        """Models the teacher stage trains after the teacher; their manifest entries (robustkd.manifest)."""
+        return []
+
+    def chain_length(self, params: dict) -> int:
+        """How many teacher assistants the assistant stage trains (0: the method has no chain)."""
+        return 0
+
+    def train_assistants(self, params: dict, run: TrainingRun) -> list[dict]:
+        """The teacher-assistant chain, in order; their manifest entries (none: the method has no chain)."""
+        return []
+
+    @abstractmethod
+    def train_student(self, params: dict, run: TrainingRun) -> None:
+        """Train and save the deployed model (robustkd.paths.STUDENT_PATH)."""
+
+
+def train_attack_record(attack: InnerAttack) -> dict:
+    """The training attack as recorded with a checkpoint."""
+    return {"eps": attack.eps, "steps": attack.steps, "step_size": attack.step_size, "mode": attack.mode}
+
+
+def loss_params(params: dict) -> dict:
+    """The params the adversarial and distillation losses read: stored with each checkpoint, and part of
+    its training run's identity (a resume file written under other values is never picked up)."""
+    return {"train_attack": train_attack_record(InnerAttack.from_params(params)),
+            **{name: params[name] for name in ("trades", "ard", "rslad", "ltd")}}
