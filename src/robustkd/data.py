@@ -122,7 +122,7 @@ def check_published_md5(dataset: str, path: Path, n_items: int) -> bool:
     if n_items == OFFICIAL_COUNTS.get(path.name.removesuffix(".gz")):
         raise DataError(f"{path}: md5 {md5} is not the published md5 of {dataset}'s {path.name} "
                         f"({' or '.join(sorted(known))}), though it holds the official {n_items} items: the file is "
-                        f"damaged or altered. Delete it and get the official file again (see README, Data).")
+                        f"damaged or altered. Delete it and get the official file again (see docs/data.md).")
     return False
 
 
@@ -185,7 +185,7 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as err:  # a flipped byte in a .gz: zlib.error or CRC
         raise DataError(f"{path}: cannot read IDX file, corrupted or truncated ({type(err).__name__}: {err}). "
-                        f"Delete it and get the official file again (see README, Data).") from None
+                        f"Delete it and get the official file again (see docs/data.md).") from None
     ndim = 3 if magic == IDX_IMAGES_MAGIC else 1
     header = 4 + 4 * ndim
     if len(raw) < header:

@@ -132,7 +132,7 @@ def masking_checks(result: dict, thresholds: dict) -> list[tuple[str, str]]:
 
 
 def summarise(result: dict, thresholds: dict) -> dict:
-    """The fixed per-model metrics schema (see README, "Metrics schema")."""
+    """The fixed per-model metrics schema (docs/evaluation.md, "Metrics schema")."""
     linf, headline = result["linf"], eps_key(result["headline_eps"])
     worst = {eps_key(e): _acc(worst_case_points(linf, eps_key(e))) for e in sorted(result["eps"])}
     codes = masking_codes(result, thresholds)

@@ -2,7 +2,7 @@
 
 Everything is kept per point (1 = still correctly classified), so the worst case over attacks is a
 per-point AND, never an average of attack-level numbers. The schema of the saved JSON is documented
-in the README ("Metrics schema").
+in docs/evaluation.md ("Metrics schema").
 """
 from __future__ import annotations
 
