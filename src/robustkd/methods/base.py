@@ -79,5 +79,11 @@ def loss_params(params: dict) -> dict:
     """The params the adversarial and distillation losses read: stored with each checkpoint, and part of
     its training run's identity (a resume file written under other values is never picked up)."""
     return {"train_attack": train_attack_record(InnerAttack.from_params(params)),
-            **{name: {RECORDED_LOSS_KEYS.get(name, {}).get(k, k): v for k, v in params[name].items()}
-               for name in ("trades", "ard", "rslad", "ltd")}}
+            **{name: {_recorded_key(name, k): v for k, v in params[name].items()} for name in ("trades", "ard", "rslad", "ltd")}}
+
+
+def _recorded_key(group: str, key: str) -> str:
+    """``key``'s recorded name, as a new string object like the YAML loader's (pickle shares repeated objects, so an
+    interned literal equal to another key of the record would change the checkpoint's bytes)."""
+    recorded = RECORDED_LOSS_KEYS.get(group, {}).get(key)
+    return key if recorded is None else recorded.encode().decode()
