@@ -137,6 +137,7 @@ def check_params(params: dict) -> None:
         try:
             check_batch_size(role_settings(params, group)["batch_size"], 0, setting_key(params, group, "batch_size"))
         except ParamsError as err:
-            errors.append(str(err))
+            if str(err) not in errors:  # a shared `training.batch_size` is reported once
+                errors.append(str(err))
     if errors:
         raise ParamsError("params.yaml does not suit this torchrun launch:\n  - " + "\n  - ".join(errors))
