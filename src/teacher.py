@@ -4,7 +4,8 @@ models/purifiers/models.json (empty for the other methods)."""
 import shutil
 
 from robustkd import distributed, manifest, stage
-from robustkd.methods.base import TEACHER_TRAININGS, loss_params
+from robustkd.methods.base import TEACHER_TRAININGS, loss_params, recorded_training
+from robustkd.params import role_settings
 from robustkd.methods.registry import method_for
 from robustkd.paths import LIVE_DIR, TEACHER_EXTRAS_DIR, TEACHER_PATH
 from robustkd.roles import RoleSpec, load_training_run, train_role
@@ -19,9 +20,10 @@ def main(params: dict) -> None:
     training = method.teacher_training_for(params)
     distributed.on_main(clear_extras)  # under torchrun, files are written by rank 0 only
     print(f"[teacher] method {params['method']}: teacher trained with {training!r}")
-    record = {"method": params["method"], "training": training, "temperature": method.teacher_temperature(params),
+    record = {"method": params["method"], "training": recorded_training(training),
+              "temperature": method.teacher_temperature(params),
               "loss_params": loss_params(params)}
-    train_role(RoleSpec("teacher", params["teacher"], params["seed"], TEACHER_TRAININGS[training](params),
+    train_role(RoleSpec("teacher", role_settings(params, "teacher"), params["seed"], TEACHER_TRAININGS[training](params),
                         TEACHER_PATH, LIVE_DIR / "teacher", record), run)
     distributed.on_main(write_extras, method.train_teacher_extras(params, run))
 

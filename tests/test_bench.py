@@ -54,8 +54,10 @@ def test_bench_quick_prints_the_promised_json():
     import yaml
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     models = result["attacked_models"]
-    assert models["natural"] == {"images": 512, "epochs": params["teacher"]["epochs"], "schedule": "params.yaml teacher"}
-    assert models["distilled"]["epochs"] == [params["teacher"]["epochs"], params["student"]["epochs"]]
+    from robustkd.params import role_settings
+    teacher, student = role_settings(params, "teacher"), role_settings(params, "student")
+    assert models["natural"] == {"images": 512, "epochs": teacher["epochs"], "schedule": "params.yaml teacher"}
+    assert models["distilled"]["epochs"] == [teacher["epochs"], student["epochs"]]
     assert models["distilled"]["temperature"] == params["temperature"]
 
 

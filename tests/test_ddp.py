@@ -120,8 +120,11 @@ def test_stage_rejects_params_unfit_for_the_launch_before_reading_data(monkeypat
     with pytest.raises(ParamsError) as err:
         distributed.check_params(params)
     msg = str(err.value)
-    for group in ("teacher", "assistant", "student", "surrogate"):
-        assert f"`{group}.batch_size` = 128: not divisible by the 3 processes" in msg
+    # the roles share `training.batch_size` (reported once); a role's own batch_size is named as its own
+    assert msg.count("`training.batch_size` = 128: not divisible by the 3 processes") == 1
+    params["surrogate"]["batch_size"] = 100
+    with pytest.raises(ParamsError, match="`surrogate.batch_size` = 100: not divisible by the 3 processes"):
+        distributed.check_params(params)
     params["method"] = "purification"
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ParamsError, match="`method` = 'purification'"):

@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 from robustkd.errors import ParamsError
 from robustkd.params import validate
 
+ROOT = Path(__file__).resolve().parents[1]
+
 BASE = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
 
 
@@ -122,5 +124,87 @@ def test_params_are_read_as_yaml_1_2_like_dvc(tmp_path):
     assert yaml.safe_load("a: 3e-3")["a"] == "3e-3"  # what the 1.1 reader did
     text = (Path(__file__).resolve().parents[1] / "params.yaml").read_text()
     (tmp_path / "params.yaml").write_text(text.replace("  lr: 0.003\n", "  lr: 3e-3\n", 1))
-    assert params.load(tmp_path / "params.yaml")["teacher"]["lr"] == 0.003
+    assert params.load(tmp_path / "params.yaml")["training"]["lr"] == 0.003
     assert params.read_yaml(text) == BASE  # the shipped file reads the same either way
+
+
+# --- params.yaml layout (issue 20 item 4): shared training defaults once, per-role overrides ---------------------
+def _mappings(node, path=""):
+    if isinstance(node, dict):
+        yield path, node
+        for key, value in node.items():
+            yield from _mappings(value, f"{path}.{key}" if path else str(key))
+
+
+def test_no_five_identical_key_value_pairs_appear_twice_in_params_yaml():
+    """Shared settings are given once: no two groups of params.yaml share five or more identical `key: value` pairs
+    (stricter than a block of five consecutive lines)."""
+    from robustkd import params
+
+    doc = params.read_yaml((ROOT / "params.yaml").read_text())
+    scalars = {path: {(k, repr(v)) for k, v in m.items() if not isinstance(v, (dict, list))}
+               for path, m in _mappings(doc)}
+    paths = sorted(scalars)
+    shared = [(a, b, sorted(scalars[a] & scalars[b])) for i, a in enumerate(paths) for b in paths[i + 1:]]
+    repeated = [(a, b, pairs) for a, b, pairs in shared if len(pairs) >= 5]
+    assert not repeated, f"groups repeating >= 5 identical key: value pairs (move them to a shared group): {repeated}"
+
+
+def test_role_settings_are_the_shared_defaults_then_the_role_group():
+    from robustkd import params
+
+    p = params.load(ROOT / "params.yaml")
+    for role in params.TRAINING_ROLES:
+        settings = params.role_settings(p, role)
+        assert set(params.TRAINING_FIELDS) <= set(settings)
+        for key in params.TRAINING_FIELDS:
+            assert settings[key] == p[role].get(key, p["training"][key])
+    p = copy.deepcopy(p)
+    p["student"]["lr"] = 0.01
+    assert params.role_settings(p, "student")["lr"] == 0.01 and params.role_settings(p, "assistant")["lr"] == p["training"]["lr"]
+    assert params.setting_key(p, "student", "lr") == "student.lr"
+    assert params.setting_key(p, "assistant", "lr") == "training.lr"
+    assert params.setting_key(p, "darht.pool.vit", "epochs") == "training.epochs"
+    vit = params.darht_teacher_settings(p, "vit")
+    assert vit["epochs"] == p["darht"]["teacher_training"]["epochs"] and vit["optimizer"] == p["training"]["optimizer"]
+    assert params.darht_teacher_settings(p, "papernot")["depth"] is None  # depth left out: the arch's default
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda p: p["training"].update(optimizer="adamw"),
+     "`training.optimizer` = 'adamw': unknown; allowed: sgd, adam (did you mean 'adam'?)"),
+    (lambda p: p["training"].pop("lr"), "`training.lr`: missing"),
+    (lambda p: p["training"].update(lrr=0.1), "`training.lrr`: unknown key; did you mean `training.lr`?"),
+    (lambda p: p["teacher"].update(epoch=5), "`teacher.epoch`: unknown key; did you mean `teacher.epochs`?"),
+    (lambda p: p["student"].update(schedule="cosin"),
+     "`student.schedule` = 'cosin': unknown; allowed: constant, cosine (did you mean 'cosine'?)"),
+    (lambda p: p["surrogate"].update(arch="lenett"), "`surrogate.arch` = 'lenett': unknown; allowed:"),
+    (lambda p: p["purifier_student"].pop("arch"), "`purifier_student.arch`: missing"),
+    (lambda p: p["purifier_teachers"].update(arch="papernot_cnn"),
+     "`purifier_teachers.arch` = 'papernot_cnn': unknown; allowed: cae, identity"),
+    (lambda p: p["darht"]["teacher_training"].update(optimiser="sgd"),
+     "`darht.teacher_training.optimiser`: unknown key; did you mean `darht.teacher_training.optimizer`?"),
+    (lambda p: p["ard"].update(temperature=p["ard"].pop("kd_temperature")),
+     "`ard.temperature`: unknown key; did you mean `ard.kd_temperature`?"),
+])
+def test_schema_rejects_bad_shared_and_role_settings(edit, message):
+    from robustkd import params
+
+    p = copy.deepcopy(params.load(ROOT / "params.yaml"))
+    edit(p)
+    with pytest.raises(ParamsError) as err:
+        params.validate(p)
+    assert message in str(err.value)
+
+
+def test_each_training_stage_lists_the_shared_training_group_and_its_role_group():
+    """Changing a shared default reruns every training stage; changing a role's key reruns that stage only."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    groups = {"teacher": {"teacher", "purifier_teachers"}, "assistant": {"assistant"},
+              "student": {"student", "purifier_student"}, "surrogate": {"surrogate"},
+              "darht_teacher": {"darht.pool.${key}", "darht.teacher_training"}}
+    for name, own in groups.items():
+        body = stages[name].get("do", stages[name])
+        assert {"training", *own} <= set(body["params"]), name
+    for name in ("prepare", "predict", "attack", "metrics"):
+        assert "training" not in stages[name].get("params", []), name

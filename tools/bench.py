@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # `python 
 from robustkd import attacks, data, evaluation  # noqa: E402
 from robustkd.diagnostics import worst_case_points  # noqa: E402
 from robustkd.errors import ProjectError  # noqa: E402
-from robustkd.params import read_yaml  # noqa: E402
+from robustkd.params import read_yaml, role_settings  # noqa: E402
 from robustkd.io import atomic_write_json  # noqa: E402
 from robustkd.losses import PGDAT, Distillation, TemperatureCE  # noqa: E402
 from robustkd.adversarial import InnerAttack  # noqa: E402
@@ -425,8 +425,8 @@ def main() -> None:
         # would only make it more robust.
         m_train = args.model_images
         pipeline_data = (x_train[:m_train], y_train[:m_train])
-        teacher_cfg = TrainConfig.from_params(params["teacher"], seed=0)
-        student_cfg = TrainConfig.from_params(params["student"], seed=0)
+        teacher_cfg = TrainConfig.from_params(role_settings(params, "teacher"), seed=0)
+        student_cfg = TrainConfig.from_params(role_settings(params, "student"), seed=0)
         temperature = params["temperature"]
         natural = new_model(1, True, device)
         train(natural, TemperatureCE(1.0), pipeline_data, val, teacher_cfg, "natural")

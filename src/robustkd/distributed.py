@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import ParamsError
+from .params import role_settings, setting_key
 
 
 def world_size() -> int:
@@ -134,8 +135,9 @@ def check_params(params: dict) -> None:
         groups += ["purifier_teachers", "purifier_student"]
     for group in groups:
         try:
-            check_batch_size(params[group]["batch_size"], 0, f"{group}.batch_size")
+            check_batch_size(role_settings(params, group)["batch_size"], 0, setting_key(params, group, "batch_size"))
         except ParamsError as err:
-            errors.append(str(err))
+            if str(err) not in errors:  # a shared `training.batch_size` is reported once
+                errors.append(str(err))
     if errors:
         raise ParamsError("params.yaml does not suit this torchrun launch:\n  - " + "\n  - ".join(errors))

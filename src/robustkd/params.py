@@ -21,7 +21,7 @@ from .method_names import METHOD_NAMES
 ARCHS = ("papernot_cnn", "lenet", "resnet18", "mobilenetv2", "resnet_small", "mobilenetv2_small", "vit_small")
 DATASET_NAMES = ("fashion_mnist", "mnist", "cifar10", "cifar100", "tinyimagenet")
 PURIFIER_ARCHS = ("cae", "identity")
-TEACHER_TRAININGS = ("auto", "natural", "temperature", "pgd_at", "trades")
+TEACHER_TRAININGS = ("auto", "natural", "temperature_ce", "pgd_at", "trades")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine")
 WIDTHS = ("mnist", "cifar")
@@ -190,32 +190,42 @@ PROBABILITY = Float(0.0, 1.0)
 EPS = Float(0.0, 1.0)
 
 
-def training_group(extra: dict[str, Field] | None = None) -> Group:
-    """The fields every trained role (teacher, assistant, student, surrogate) shares."""
-    fields = {
-        "arch": Choice(ARCHS),
-        "width": Choice(WIDTHS),
-        "epochs": Int(1, 10_000),
-        "batch_size": Int(1, 1 << 16),
-        "optimizer": Choice(OPTIMIZERS),
-        "lr": Float(0.0, 10.0, min_exclusive=True),
-        "momentum": Float(0.0, 1.0),
-        "weight_decay": Float(0.0, 1.0),
-        "schedule": Choice(SCHEDULES),
-        "augment": Bool(),
-    }
-    fields.update(extra or {})
-    return Group(fields)
+# The settings every trained role shares: given once in the `training` group, overridden per role.
+TRAINING_FIELDS: dict[str, Field] = {
+    "arch": Choice(ARCHS),
+    "width": Choice(WIDTHS),
+    "epochs": Int(1, 10_000),
+    "batch_size": Int(1, 1 << 16),
+    "optimizer": Choice(OPTIMIZERS),
+    "lr": Float(0.0, 10.0, min_exclusive=True),
+    "momentum": Float(0.0, 1.0),
+    "weight_decay": Float(0.0, 1.0),
+    "schedule": Choice(SCHEDULES),
+    "augment": Bool(),
+}
+# The trained roles with a params group of their own; each one's settings are `training`, then its group's keys.
+TRAINING_ROLES = ("teacher", "assistant", "student", "surrogate", "purifier_teachers", "purifier_student")
+
+
+def role_group(extra: dict[str, Field] | None = None, required: tuple[str, ...] = ()) -> Group:
+    """A trained role's group: any training field, to override `training`, plus the role's own keys (``extra``,
+    required; an ``extra`` key that is also a training field is required only if named in ``required``)."""
+    extra = extra or {}
+    fields = {**TRAINING_FIELDS, **extra}
+    optional = frozenset(k for k in TRAINING_FIELDS if k not in required)
+    return Group(fields, optional=optional)
 
 
 def purifier_group(extra: dict[str, Field]) -> Group:
-    """A trained purifier (method purification): the training fields, a purifier architecture and its size."""
-    return training_group({"arch": Choice(PURIFIER_ARCHS), "width": Int(1, 4096), "depth": Int(1, 8), **extra})
+    """A trained purifier (method purification): a purifier architecture and its size (required: the shared
+    `training.arch` is a classifier), its own keys, and any training field to override `training`."""
+    return role_group({"arch": Choice(PURIFIER_ARCHS), "width": Int(1, 4096), "depth": Int(1, 8), **extra},
+                      required=("arch", "width"))
 
 
 PRESET_WIDTH_ARCHS = ("papernot_cnn", "lenet", "resnet18", "mobilenetv2")  # width: a preset name only
-TRAINING_FIELDS = ("epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule", "augment")
 WIDTH = AnyOf((Choice(WIDTHS), Int(1, 4096)), "a width preset (mnist | cifar) or an integer in [1, 4096]")
+DARHT_TEACHER_OVERRIDES = ("epochs", "batch_size", "lr")  # a pool member may set these for itself
 
 # One DARHT teacher: its architecture, size and training; optional keys override `darht.teacher_training`.
 DARHT_TEACHER = Group(
@@ -226,12 +236,36 @@ DARHT_TEACHER = Group(
         "depth": Nullable(Int(1, 64)),
         "training": Choice(DARHT_TEACHER_TRAININGS),
         "seed": Int(0, 2**20),
-        "epochs": Int(1, 10_000),
-        "batch_size": Int(1, 1 << 16),
-        "lr": Float(0.0, 10.0, min_exclusive=True),
+        **{k: TRAINING_FIELDS[k] for k in DARHT_TEACHER_OVERRIDES},
     },
-    optional=frozenset({"epochs", "batch_size", "lr"}),
+    optional=frozenset({"depth", *DARHT_TEACHER_OVERRIDES}),
 )
+
+
+def role_settings(params: dict, role: str) -> dict:
+    """The settings of a trained role (one of TRAINING_ROLES): the shared `training` defaults, then the keys its own
+    group sets. Every reader of a role's training settings uses this."""
+    return {**params["training"], **params[role]}
+
+
+def darht_teacher_settings(params: dict, name: str) -> dict:
+    """The settings of DARHT teacher `darht.pool.<name>`: `training`, then `darht.teacher_training`, then the
+    member's own overrides (epochs, batch_size, lr), its architecture and size (depth: null = the arch's default)."""
+    member = params["darht"]["pool"][name]
+    out = {**params["training"], **params["darht"]["teacher_training"]}
+    out.update({k: member[k] for k in DARHT_TEACHER_OVERRIDES if k in member})
+    out.update(arch=member["arch"], width=member["width"], depth=member.get("depth"))
+    return out
+
+
+def setting_key(params: dict, group: str, key: str) -> str:
+    """The params.yaml key a role's setting comes from: `<group>.<key>` if the group sets it, else `training.<key>`
+    (``group`` may be dotted, e.g. `darht.pool.vit`)."""
+    node = params
+    for part in group.split("."):
+        node = node.get(part, {}) if isinstance(node, dict) else {}
+    return f"{group}.{key}" if isinstance(node, dict) and key in node else f"training.{key}"
+
 
 SCHEMA = Group(
     {
@@ -251,10 +285,11 @@ SCHEMA = Group(
                 "test_subset": Nullable(Int(1)),
             }
         ),
-        "teacher": training_group({"training": Choice(TEACHER_TRAININGS)}),
-        "assistant": training_group({"kd_lambda": PROBABILITY}),
-        "student": training_group({"kd_lambda": PROBABILITY}),
-        "surrogate": training_group({"seed": Int(0, 2**31 - 1)}),
+        "training": Group(TRAINING_FIELDS),
+        "teacher": role_group({"training": Choice(TEACHER_TRAININGS)}),
+        "assistant": role_group({"kd_lambda": PROBABILITY}),
+        "student": role_group({"kd_lambda": PROBABILITY}),
+        "surrogate": role_group({"seed": Int(0, 2**31 - 1)}),
         "purifier_teachers": purifier_group({"noise_std": Float(0.0, 10.0)}),
         "purifier_student": purifier_group({
             "reconstruction_weight": Float(0.0, 1e4),
@@ -275,7 +310,8 @@ SCHEMA = Group(
         "darht": Group(
             {
                 "pool": MapOf(DARHT_TEACHER),
-                "teacher_training": Group({k: v for k, v in training_group().fields.items() if k in TRAINING_FIELDS}),
+                "teacher_training": Group({k: v for k, v in TRAINING_FIELDS.items() if k not in ("arch", "width")},
+                                          optional=frozenset(k for k in TRAINING_FIELDS if k not in ("arch", "width"))),
                 "kd_loss": Choice(DARHT_KD_LOSSES),
                 "kd_temperature": Float(0.0, 1e4, min_exclusive=True),
                 "adversarial_prob": PROBABILITY,
@@ -285,10 +321,10 @@ SCHEMA = Group(
                 "teacher_evaluation": Choice(TEACHER_EVALUATIONS),
             }
         ),
-        "ard": Group({"temperature": Float(0.0, 1e4, min_exclusive=True), "alpha": PROBABILITY}),
+        "ard": Group({"kd_temperature": Float(0.0, 1e4, min_exclusive=True), "alpha": PROBABILITY}),
         "rslad": Group({"adv_weight": PROBABILITY}),
-        "ltd": Group({"teacher_temperature": Float(0.0, 1e4, min_exclusive=True),
-                      "student_temperature": Float(0.0, 1e4, min_exclusive=True),
+        "ltd": Group({"soft_label_temperature": Float(0.0, 1e4, min_exclusive=True),
+                      "output_temperature": Float(0.0, 1e4, min_exclusive=True),
                       "beta": Float(0.0, 1e4)}),
         "attack": Group(
             {

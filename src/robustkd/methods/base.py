@@ -21,7 +21,7 @@ from ..training import LossFn
 # How a teacher can be trained (`teacher.training`, and each DARHT pool entry's `training`).
 TEACHER_TRAININGS: dict[str, Callable[[dict], LossFn]] = {
     "natural": lambda p: TemperatureCE(1.0),
-    "temperature": lambda p: TemperatureCE(p["temperature"]),
+    "temperature_ce": lambda p: TemperatureCE(p["temperature"]),
     "pgd_at": lambda p: PGDAT(InnerAttack.from_params(p)),
     "trades": lambda p: TRADES(InnerAttack.from_params(p, random_start="normal"), p["trades"]["beta"]),
 }
@@ -38,7 +38,7 @@ class Method(ABC):
         return self.teacher_training if chosen == "auto" else chosen
 
     def teacher_temperature(self, params: dict) -> float:
-        return float(params["temperature"]) if self.teacher_training_for(params) == "temperature" else 1.0
+        return float(params["temperature"]) if self.teacher_training_for(params) == "temperature_ce" else 1.0
 
     def train_teacher_extras(self, params: dict, run: TrainingRun) -> list[dict]:
         """Models the teacher stage trains after the teacher; their manifest entries (robustkd.manifest)."""
@@ -57,6 +57,19 @@ class Method(ABC):
         """Train and save the deployed model (robustkd.paths.STUDENT_PATH)."""
 
 
+# Checkpoints record a teacher's training and the loss params under the names they had before params.yaml's
+# renames (`temperature` -> `temperature_ce`; ard.temperature, ltd.teacher_temperature / student_temperature), so a
+# model trained with the same values is byte-identical and resume files stay valid.
+RECORDED_TRAINING = {"temperature_ce": "temperature"}
+RECORDED_LOSS_KEYS = {"ard": {"kd_temperature": "temperature"},
+                      "ltd": {"soft_label_temperature": "teacher_temperature", "output_temperature": "student_temperature"}}
+
+
+def recorded_training(training: str) -> str:
+    """A teacher training's name as checkpoints record it."""
+    return RECORDED_TRAINING.get(training, training)
+
+
 def train_attack_record(attack: InnerAttack) -> dict:
     """The training attack as recorded with a checkpoint."""
     return {"eps": attack.eps, "steps": attack.steps, "step_size": attack.step_size, "mode": attack.mode}
@@ -66,4 +79,11 @@ def loss_params(params: dict) -> dict:
     """The params the adversarial and distillation losses read: stored with each checkpoint, and part of
     its training run's identity (a resume file written under other values is never picked up)."""
     return {"train_attack": train_attack_record(InnerAttack.from_params(params)),
-            **{name: params[name] for name in ("trades", "ard", "rslad", "ltd")}}
+            **{name: {_recorded_key(name, k): v for k, v in params[name].items()} for name in ("trades", "ard", "rslad", "ltd")}}
+
+
+def _recorded_key(group: str, key: str) -> str:
+    """``key``'s recorded name, as a new string object like the YAML loader's (pickle shares repeated objects, so an
+    interned literal equal to another key of the record would change the checkpoint's bytes)."""
+    recorded = RECORDED_LOSS_KEYS.get(group, {}).get(key)
+    return key if recorded is None else recorded.encode().decode()

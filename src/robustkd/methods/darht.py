@@ -8,6 +8,7 @@ from torch import nn
 from ..adversarial import InnerAttack
 from ..losses import DARHT
 from ..models import build_model, model_spec, place
+from ..params import role_settings
 from ..paths import LIVE_DIR, STUDENT_PATH
 from ..roles import RoleSpec, TrainingRun, load_model, train_role
 from .base import Method, loss_params
@@ -36,7 +37,7 @@ class Darht(Method):
         teachers = teacher_checkpoints(params)
         names = [name for name, _ in teachers]
         models = [load_model(path)[0] for _, path in teachers]
-        group = params["student"]
+        group = role_settings(params, "student")
         print(f"[student] darht: {len(names)} teacher(s): {', '.join(names)}")
 
         def build(device):

@@ -25,13 +25,13 @@ from pathlib import Path
 from .. import manifest
 from ..errors import ParamsError
 from ..io import atomic_write_json
+from ..params import darht_teacher_settings
 from ..paths import LIVE_DIR, darht_teacher_dir
 
 LIVE_DARHT_DIR = LIVE_DIR / "darht"
 # The live folder's note (git drops empty folders, and DVC would then see that output missing).
 LIVE_NOTE = "teacher.json"
 CHECKPOINT = "teacher.pt"
-TRAINING_OVERRIDES = ("epochs", "batch_size", "lr")
 
 
 def role(name: str) -> str:
@@ -51,12 +51,8 @@ def used_teachers(params: dict) -> list[str]:
 
 
 def training_group(params: dict, name: str) -> dict:
-    """The training settings of one teacher: the shared ones, its overrides, its architecture and size."""
-    member = params["darht"]["pool"][name]
-    group = dict(params["darht"]["teacher_training"])
-    group.update({k: member[k] for k in TRAINING_OVERRIDES if k in member})
-    group.update(arch=member["arch"], width=member["width"], depth=member["depth"])
-    return group
+    """The training settings of one teacher (robustkd.params.darht_teacher_settings)."""
+    return darht_teacher_settings(params, name)
 
 
 def _write_outputs(name: str, note: dict, models: list[dict], reason: str | None) -> None:
@@ -89,7 +85,7 @@ def train_pool_member(params: dict, name: str) -> None:
     run = load_training_run(params)
     group = training_group(params, name)
     loss = TEACHER_TRAININGS[member["training"]](params)
-    print(f"[darht_teacher@{name}] {member['arch']} (width {member['width']}, depth {member['depth']}), "
+    print(f"[darht_teacher@{name}] {member['arch']} (width {member['width']}, depth {group['depth']}), "
           f"{member['training']}, {group['epochs']} epoch(s)")
 
     def build(device):

@@ -14,6 +14,7 @@ from torch import nn
 from .. import manifest
 from ..adversarial import InnerAttack
 from ..losses import ARD, LTD, PGDAT, RSLAD, TRADES, Distillation, TemperatureCE
+from ..params import role_settings
 from ..paths import ASSISTANTS_DIR, LIVE_DIR, STUDENT_PATH, TEACHER_PATH
 from ..roles import RoleSpec, TrainingRun, load_model, train_role
 from ..training import LossFn
@@ -37,7 +38,7 @@ class OneLossMethod(Method):
 
     def train_assistants(self, params: dict, run: TrainingRun) -> list[dict]:
         """Assistant i is distilled from model i-1 (the teacher for i = 1)."""
-        group, previous_path, models = params["assistant"], TEACHER_PATH, []
+        group, previous_path, models = role_settings(params, "assistant"), TEACHER_PATH, []
         for i in range(1, self.chain_length(params) + 1):
             role = f"assistant_{i}"
             previous, _ = load_model(previous_path)
@@ -52,7 +53,7 @@ class OneLossMethod(Method):
         return models
 
     def train_student(self, params: dict, run: TrainingRun) -> None:
-        group = params["student"]
+        group = role_settings(params, "student")
         previous, previous_path, upstream = None, None, []
         if self.distills:
             chain = manifest.checkpoints(ASSISTANTS_DIR, "assistant")
@@ -82,7 +83,7 @@ ONE_LOSS_METHODS: dict[str, OneLossMethod] = {
     "defensive_distillation": OneLossMethod(
         description="Papernot et al. 2016 with teacher assistants (Mandal & Gao 2023): teacher trained at "
                     "temperature T, each later model distilled from the one before at T, all deployed at T=1.",
-        teacher_training="temperature",
+        teacher_training="temperature_ce",
         student_loss=lambda p, group, previous: Distillation(previous, p["temperature"], group["kd_lambda"]),
         distills=True,
         uses_chain=True,
@@ -104,9 +105,9 @@ ONE_LOSS_METHODS: dict[str, OneLossMethod] = {
         description="Goldblum et al. 2020: the student's PGD examples matched to a robust teacher's clean "
                     "soft labels at temperature T.",
         teacher_training="pgd_at",
-        student_loss=lambda p, group, previous: ARD(previous, _attack(p), p["ard"]["temperature"], p["ard"]["alpha"]),
+        student_loss=lambda p, group, previous: ARD(previous, _attack(p), p["ard"]["kd_temperature"], p["ard"]["alpha"]),
         distills=True,
-        loss_temperature=lambda p: p["ard"]["temperature"],
+        loss_temperature=lambda p: p["ard"]["kd_temperature"],
     ),
     "rslad": OneLossMethod(
         description="Zi et al. 2021: robust soft labels of a robust teacher replace hard labels in the "
@@ -119,10 +120,10 @@ ONE_LOSS_METHODS: dict[str, OneLossMethod] = {
         description="Chen & Lee 2021: TRADES with the natural term's labels replaced by a robust teacher's "
                     "soft labels at a low temperature; the student keeps its own temperature at inference.",
         teacher_training="pgd_at",
-        student_loss=lambda p, group, previous: LTD(previous, _attack(p, "normal"), p["ltd"]["teacher_temperature"],
+        student_loss=lambda p, group, previous: LTD(previous, _attack(p, "normal"), p["ltd"]["soft_label_temperature"],
                                                     p["ltd"]["beta"]),
         distills=True,
-        loss_temperature=lambda p: p["ltd"]["student_temperature"],
-        output_temperature=lambda p: p["ltd"]["student_temperature"],
+        loss_temperature=lambda p: p["ltd"]["output_temperature"],
+        output_temperature=lambda p: p["ltd"]["output_temperature"],
     ),
 }

@@ -20,6 +20,7 @@ from ..adversarial import InnerAttack
 from ..errors import ParamsError
 from ..losses import AdversarialReconstruction, PurifierDistillation, PurifierReconstruction
 from ..models import PURIFIERS, PurifiedClassifier, place, purified_spec, read_spec
+from ..params import TRAINING_FIELDS, role_settings
 from ..paths import LIVE_DIR, STUDENT_PATH, TEACHER_EXTRAS_DIR, TEACHER_PATH
 from ..roles import RoleSpec, TrainingRun, load_model, train_role
 from .base import Method, train_attack_record
@@ -42,8 +43,7 @@ def _builder(group: dict):
 
 def _purifier_group(group: dict) -> dict:
     """The group's own settings (not the training ones, which TrainConfig already fingerprints)."""
-    training = ("epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule", "augment")
-    return {k: v for k, v in group.items() if k not in training}
+    return {k: v for k, v in group.items() if k not in TRAINING_FIELDS or k in ("arch", "width")}
 
 
 def check_feature_matching(student_group: dict, teachers: list[torch.nn.Module], shape: list[int]) -> None:
@@ -73,7 +73,7 @@ class Purification(Method):
 
     def train_teacher_extras(self, params: dict, run: TrainingRun) -> list[dict]:
         """After the classifier: the normal and the adversarial CAE teacher."""
-        group = params["purifier_teachers"]
+        group = role_settings(params, "purifier_teachers")
         attack = InnerAttack.from_params(params)
         losses = {"purifier_normal": PurifierReconstruction(group["noise_std"]),
                   "purifier_adversarial": AdversarialReconstruction(attack)}
@@ -91,7 +91,7 @@ class Purification(Method):
 
     def train_student(self, params: dict, run: TrainingRun) -> None:
         """A student CAE distilled from both purifier teachers, saved as classifier∘student."""
-        group = params["purifier_student"]
+        group = role_settings(params, "purifier_student")
         paths = [TEACHER_EXTRAS_DIR / f"{name}.pt" for name in TEACHER_PURIFIERS]
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
