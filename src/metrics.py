@@ -134,19 +134,18 @@ def main(params: dict) -> None:
                           **({"student": matrix["success_rate_on_student"][s]} if "success_rate_on_student" in matrix
                              else {})}.items()]
     atomic_write_json(PLOTS_DIR / "darht_transferability.json", cells)
-    # Method darht only: no placeholder figure for a method that did not run. The folder always holds .keep (which
-    # .dvcignore hides from DVC), because git keeps no empty folder and a clone without it would show the output as
-    # deleted in `dvc status`.
+    # The heatmap is drawn for method darht only; other methods leave no figure. The folder always holds .keep (which
+    # .dvcignore hides from DVC): git keeps no empty folder, and a clone without it would show the output as deleted
+    # in `dvc status`.
     heatmap = PLOTS_DIR / "darht" / "transferability.png"
     heatmap.parent.mkdir(parents=True, exist_ok=True)
     (heatmap.parent / ".keep").touch()
     if matrix["teachers"]:
         plotting.transferability_heatmap(matrix, heatmap)
-    else:
-        heatmap.unlink(missing_ok=True)
-    if matrix["teachers"]:
         print(f"[metrics] DARHT transferability (mean off-diagonal success {matrix['mean_off_diagonal']}): "
               f"{json.dumps(matrix['success_rate'])}")
+    else:
+        heatmap.unlink(missing_ok=True)  # a direct run after a DARHT one (DVC itself removes outputs first)
     print(closing_summary(metrics, headline))
 
 
