@@ -16,7 +16,7 @@ from robustkd import plotting, stage
 from robustkd.diagnostics import masking_reasons, summarise, transferability
 from robustkd.io import atomic_write_json, atomic_write_text
 from robustkd.paths import ATTACK_RESULTS_DIR, TIMING_DIR
-from robustkd.suite import eps_key
+from robustkd.suite import autoattack_label, eps_key
 
 PLOTS_DIR = Path("plots")
 
@@ -73,7 +73,8 @@ def _pct(v: float | None) -> str:
 def closing_summary(metrics: dict, headline_eps: float) -> str:
     """The table the stage ends with, and where the results are."""
     n = {m["n_attacked"] for m in metrics.values()}
-    rows = [("model", "clean", "worst case [95% CI]", "AutoAttack", "gradient masking")]
+    rows = [("model", "clean", "worst case [95% CI]", autoattack_label(m.get("autoattack_version") for m in metrics.values()),
+             "gradient masking")]
     for name, m in metrics.items():
         worst = f"{_pct(m['worst_case_headline'])} [{_pct(m['worst_case_headline_ci_low'])}, " \
                 f"{_pct(m['worst_case_headline_ci_high'])}]"
@@ -83,7 +84,8 @@ def closing_summary(metrics: dict, headline_eps: float) -> str:
     table = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     return "\n".join([
         f"Results at ε={headline_eps:g} (L∞): clean accuracy on the test set; worst case (per point, over every "
-        f"attack) and AutoAttack on {' / '.join(map(str, sorted(n)))} attacked points, with the 95% Wilson interval "
+        f"attack) and {autoattack_label(m.get('autoattack_version') for m in metrics.values())} on "
+        f"{' / '.join(map(str, sorted(n)))} attacked points, with the 95% Wilson interval "
         f"of that sample.",
         *table,
         "",

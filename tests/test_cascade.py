@@ -118,19 +118,25 @@ def test_cascade_with_no_survivor_skips_the_expensive_attacks(setting):
     assert result["linf"][evaluation.AUTOATTACK][key] == [0] * 64 == result["linf"][evaluation.SQUARE][key]
 
 
-@pytest.mark.parametrize("version, aa_attacks, cascaded", [
+@pytest.mark.parametrize("version, aa_attacks, exact", [
     ("custom", ["apgd-ce", "apgd-dlr"], True),
     ("custom", ["apgd-ce", "apgd-t"], True),
     ("custom", ["apgd-ce", "square"], False),     # AutoAttack's own Square: pyautoattack's per-batch draws
     ("custom", ["apgd-ce", "fab-t"], False),      # FAB's restarts are drawn per batch
-    ("standard", None, False),
+    ("standard", None, False),                    # FAB-T and Square
 ])
-def test_only_attacks_with_per_point_randomness_are_cascaded(version, aa_attacks, cascaded):
+def test_every_autoattack_version_is_cascaded_and_only_per_point_ones_are_exact(version, aa_attacks, exact):
+    """Standard AutoAttack is cascaded too (that keeps it affordable); whether the cascade is bit-exact (the same
+    result per point as running it on every point) is recorded beside it."""
     cfg = {**CFG, "cascade": True, "autoattack": {**CFG["autoattack"], "version": version, "attacks": aa_attacks}}
-    assert evaluation.cascades(evaluation.AUTOATTACK, cfg) is cascaded
-    assert evaluation.cascades(evaluation.SQUARE, cfg) is True  # the suite's L∞ Square, per-point stripes
-    assert evaluation.cascades(evaluation.AUTOATTACK, {**cfg, "cascade": False}) is False
-    assert evaluation.cascades(evaluation.SQUARE, {**cfg, "cascade": False}) is False
+    assert evaluation.cascades(evaluation.AUTOATTACK, cfg) is True
+    assert evaluation.cascade_is_exact(evaluation.AUTOATTACK, cfg) is exact
+    assert evaluation.cascades(evaluation.SQUARE, cfg) is True
+    assert evaluation.cascade_is_exact(evaluation.SQUARE, cfg) is True  # the suite's L∞ Square, per-point stripes
+    off = {**cfg, "cascade": False}
+    assert evaluation.cascades(evaluation.AUTOATTACK, off) is False
+    assert evaluation.cascade_is_exact(evaluation.AUTOATTACK, off) is True  # nothing cascaded: nothing changed
+    assert evaluation.cascades(evaluation.SQUARE, off) is False
     assert evaluation.cascades(evaluation.FGSM_CE, cfg) is False
 
 

@@ -28,7 +28,7 @@ def healthy_result() -> dict:
     return {
         "model": "student", "n_test": 1000, "clean_correct": 900, "n_attacked": N,
         "attacked_clean_correct": points(90), "linf": linf, "l2": {"pgd_l2_margin": {eps_key(1.0): points(20)}},
-        "autoattack_flags": {}, "cw_l2": {"n_points": 4, "l2": [0.5, 1.5, None, 0.8]},
+        "autoattack_flags": {}, "autoattack_version": "standard", "cw_l2": {"n_points": 4, "l2": [0.5, 1.5, None, 0.8]},
         "sensitivity": {"n_points": N, "softmax": 1e-21, "logit": 3.25},
         "eps": [0.05, 0.1, 0.3], "headline_eps": 0.1,
         "info": {"role": "student", "arch": "papernot_cnn", "method": "defensive_distillation", "temperature": 100,

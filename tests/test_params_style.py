@@ -53,5 +53,5 @@ def test_dvc_style_round_trip_keeps_every_value_and_every_byte():
         path.unlink(missing_ok=True)
     params = yaml.safe_load(text)
     assert params["data"]["train_subset"] is None and params["train_attack"]["eps"] is None
-    assert params["attack"]["eps"] == [0.05, 0.1, 0.2, 0.3] and params["attack"]["autoattack"]["attacks"] == [
-        "apgd-ce", "apgd-dlr"]
+    assert params["attack"]["eps"] == [0.05, 0.1, 0.2, 0.3] and params["attack"]["autoattack"]["eps"] == [0.1]
+    assert params["attack"]["autoattack"]["attacks"] is None  # standard AutoAttack: its attacks are fixed

@@ -39,6 +39,15 @@ def test_darht_homogeneous_preset_swaps_the_families_for_one_family_and_keeps_k(
     assert {k: v for k, v in homo["darht"].items() if k != "pool"} == {k: v for k, v in base["darht"].items() if k != "pool"}
 
 
+def test_quick_autoattack_preset_switches_to_the_custom_subset_only():
+    base = load(ROOT / "params.yaml")
+    assert base["attack"]["autoattack"]["version"] == "standard"  # the headline protocol is the default
+    quick = validate(merge(base, load(PRESETS / "quick_autoattack.yaml")))
+    assert quick["attack"]["autoattack"]["version"] == "custom"
+    assert quick["attack"]["autoattack"]["attacks"] == ["apgd-ce", "apgd-dlr"]
+    assert {k: v for k, v in quick.items() if k != "attack"} == {k: v for k, v in base.items() if k != "attack"}
+
+
 def test_every_preset_is_covered():
     assert {p.name for p in PRESETS.glob("*.yaml")} == {"cifar10.yaml", "cifar100.yaml", "robust_resnet18.yaml",
-                                                       "darht_homogeneous.yaml"}
+                                                       "darht_homogeneous.yaml", "quick_autoattack.yaml"}

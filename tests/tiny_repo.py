@@ -38,7 +38,8 @@ def tiny_params() -> dict:
     a["pgd"].update(steps=5)
     a["pgd_l2"].update(eps=[1.0], steps=5)
     a["cw_l2"].update(n_points=8, steps=10, binary_search_steps=2)
-    a["autoattack"].update(attacks=["apgd-ce", "apgd-dlr"], eps=[0.1], apgd_restarts=1)
+    # the quick custom subset (labelled so wherever reported); standard AutoAttack is tested in test_cascade/test_attacks
+    a["autoattack"].update(version="custom", attacks=["apgd-ce", "apgd-dlr"], eps=[0.1], apgd_restarts=1)
     a["square"].update(n_queries=20)
     a["transfer"].update(steps=5)
     return p

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # `python tools/report.py` imports robustkd from src/
+from robustkd.suite import autoattack_label  # noqa: E402
 
 PARAM_COLUMNS = ("method", "temperature", "chain_length")
 
@@ -64,6 +65,12 @@ def _fmt(value, pct=True):
 
 METRIC_COLUMNS = ("clean %", "softmax-CE PGD %", "margin PGD %", "AutoAttack %", "worst case %", "CW-L2 median",
                   "sensitivity (softmax)", "sensitivity (logit)", "masking flagged")
+
+
+def labelled(columns: tuple[str, ...], models) -> list[str]:
+    """``columns`` with the AutoAttack titles saying which AutoAttack ran (suite.autoattack_label)."""
+    label = autoattack_label(m.get("autoattack_version") for m in models)
+    return [c.replace("AutoAttack", label) for c in columns]
 
 
 def metric_cells(metrics: dict, eps_key: str) -> list[str]:
@@ -153,7 +160,8 @@ def purification_table(metrics: dict, headline_eps: float) -> str:
     teacher and the student purifier. "paper": crafted on the classifier alone, then purified; "adaptive":
     white-box through classifier∘purifier; "adv.": the purified paper-protocol PGD-CE example."""
     key = "eps_" + f"{headline_eps:g}".replace(".", "p")
-    lines = [_row(["model", *PURIFICATION_COLUMNS]), "|" + "---|" * (1 + len(PURIFICATION_COLUMNS))]
+    lines = [_row(["model", *labelled(PURIFICATION_COLUMNS, metrics.values())]),
+             "|" + "---|" * (1 + len(PURIFICATION_COLUMNS))]
     for name, m in sorted(metrics.items(), key=lambda kv: chain_position(kv[0])):
         robust = m.get("robust_acc", {})
         cells = [m.get("clean_acc"), *(robust.get(a, {}).get(key) for a in
@@ -170,7 +178,8 @@ def purification_table(metrics: dict, headline_eps: float) -> str:
 
 def models_table(metrics: dict, headline_eps: float) -> str:
     key = "eps_" + f"{headline_eps:g}".replace(".", "p")
-    lines = [_row(["model", "train T", *METRIC_COLUMNS]), "|" + "---|" * (2 + len(METRIC_COLUMNS))]
+    lines = [_row(["model", "train T", *labelled(METRIC_COLUMNS, metrics.values())]),
+             "|" + "---|" * (2 + len(METRIC_COLUMNS))]
     for name, m in sorted(metrics.items(), key=lambda kv: chain_position(kv[0])):
         lines.append(_row([name, f"{m['train_temperature']:g}", *metric_cells(m, key)]))
     return "\n".join(lines)
@@ -210,8 +219,7 @@ def table(entries: list, model: str = "student", commit: str | None = None, expe
         entries = [e for e in entries if str(e.get("rev", "")).startswith(commit)]
     if experiments_only:
         entries = [{**e, "data": None} for e in entries]
-    header = ["experiment", *param_columns, *METRIC_COLUMNS, "train min (all models)"]
-    lines = [_row(header), "|" + "---|" * len(header)]
+    rows, models = [], []
     seen = set()
     for name, data, rev in _experiments(entries):
         params = data["params"]["params.yaml"]["data"]
@@ -221,9 +229,11 @@ def table(entries: list, model: str = "student", commit: str | None = None, expe
         if key in seen:  # the workspace repeats the commit it sits on
             continue
         seen.add(key)
-        lines.append(_row([name, *[str(params.get(c)) for c in param_columns], *metric_cells(metrics, eps_key),
-                           training_minutes(data)]))
-    return "\n".join(lines)
+        models.append(metrics)
+        rows.append(_row([name, *[str(params.get(c)) for c in param_columns], *metric_cells(metrics, eps_key),
+                          training_minutes(data)]))
+    header = ["experiment", *param_columns, *labelled(METRIC_COLUMNS, models), "train min (all models)"]
+    return "\n".join([_row(header), "|" + "---|" * len(header), *rows])
 
 
 # Issue targets for tools/bench.py on the 2-core CPU: (key, comparison, bound).

@@ -150,6 +150,7 @@ def summarise(result: dict, thresholds: dict) -> dict:
         "train_precision": info.get("train_precision"),  # bf16-autocast | fp32; null: a checkpoint older than the field
         "n_test": result["n_test"],
         "n_attacked": result["n_attacked"],
+        "autoattack_version": result.get("autoattack_version"),  # standard | custom (the quick subset; labelled so)
         "clean_acc": round(result["clean_correct"] / result["n_test"], 4),
         # 95% Wilson intervals (robustkd.stats): clean over the n_test points, the others over the n_attacked ones.
         "clean_acc_ci_low": clean_ci[0], "clean_acc_ci_high": clean_ci[1],

@@ -341,7 +341,7 @@ SCHEMA = Group(
                 "cw_l2": Group({"n_points": Int(0), "steps": Int(1, 100_000), "binary_search_steps": Int(1, 100),
                                 "c_init": Float(0.0, 1e6, min_exclusive=True), "lr": Float(0.0, 10.0, min_exclusive=True)}),
                 "autoattack": Group({"version": Choice(("standard", "custom")),
-                                     "attacks": ListOf(Choice(AUTOATTACK_ATTACKS), unique=True),
+                                     "attacks": Nullable(ListOf(Choice(AUTOATTACK_ATTACKS), unique=True)),
                                      "eps": ListOf(EPS, min_len=0, unique=True),
                                      "apgd_restarts": Int(1, 100)}),
                 "square": Group({"n_queries": Int(0, 1_000_000)}),
@@ -373,9 +373,19 @@ def _cross_checks(p: dict) -> list[str]:
     attack = p["attack"]
     if attack["headline_eps"] not in attack["eps"]:
         errors.append(f"`attack.headline_eps` = {attack['headline_eps']!r}: must be one of `attack.eps` = {attack['eps']}")
-    for eps in attack["autoattack"]["eps"]:
+    aa = attack["autoattack"]
+    for eps in aa["eps"]:
         if eps not in attack["eps"]:
             errors.append(f"`attack.autoattack.eps` contains {eps!r}: every AutoAttack ε must also be in `attack.eps` = {attack['eps']}")
+    if attack["headline_eps"] not in aa["eps"]:
+        errors.append(f"`attack.autoattack.eps` = {aa['eps']} lacks `attack.headline_eps` = {attack['headline_eps']!r}: "
+                      f"the headline worst case must include AutoAttack; add it")
+    if aa["version"] == "standard" and aa["attacks"] is not None:
+        errors.append(f"`attack.autoattack.attacks` = {aa['attacks']}: the standard version fixes its own attacks "
+                      f"(APGD-CE, APGD-T, FAB-T, Square); leave it empty, or set `attack.autoattack.version: custom`")
+    if aa["version"] == "custom" and not aa["attacks"]:
+        errors.append("`attack.autoattack.attacks` is empty: the custom version runs the listed attacks, e.g. "
+                      "[apgd-ce, apgd-dlr] (src/presets/quick_autoattack.yaml); or set `attack.autoattack.version: standard`")
     student = p["purifier_student"]
     if not (student["reconstruction_weight"] or student["output_weight"] or student["feature_weight"]):
         errors.append("`purifier_student`: reconstruction_weight, output_weight and feature_weight are all 0, "

@@ -32,3 +32,16 @@ def is_black_box(attack: str, model: str) -> bool:
 def eps_key(eps: float) -> str:
     """0.03 -> 'eps_0p03': metric keys carry no dots, so `dvc metrics diff` reads cleanly."""
     return "eps_" + f"{eps:g}".replace(".", "p").replace("-", "m")
+
+
+def autoattack_label(versions) -> str:
+    """How tables title AutoAttack numbers, from the models' ``autoattack_version``: "AutoAttack" for the standard
+    version; the quick custom subset is always labelled so, as is a metrics file from before the field."""
+    versions = set(versions)
+    if versions == {"standard"}:
+        return "AutoAttack"
+    if versions == {"custom"}:
+        return "AutoAttack (custom subset)"
+    if None in versions:
+        return "AutoAttack (version not recorded)"
+    return "AutoAttack (standard or custom subset: see each model's autoattack_version)"
