@@ -8,14 +8,20 @@ beside its checkpoint: neither a DVC output nor a dep, so a retraining that give
 nothing downstream, and a rerun of this stage alone reports the latest training times. Method darht:
 darht_transferability.json (the teachers' K x K transferability matrix, and each teacher's transfer to the student)
 and its heatmap; other methods write an empty matrix there. Torch-free (robustkd.stage, robustkd.suite), so the stage starts fast.
+
+results/outcomes.json: every model's per-point outcomes as bitsets (robustkd.outcomes), kept in git for paired
+comparisons (tools/compare.py, the studies): clean correctness over the test set from the predict stage's files,
+the worst case and each attack per ε over the attacked points from the attack stage's.
 """
 import json
 from pathlib import Path
 
 from robustkd import plotting, stage
+from robustkd.bitsets import BitsetError, decode_bits
 from robustkd.diagnostics import masking_reasons, summarise, transferability
 from robustkd.io import atomic_write_json, atomic_write_text
-from robustkd.paths import ATTACK_RESULTS_DIR, TIMING_DIR
+from robustkd.outcomes import OUTCOMES_PATH, OutcomesError, build_outcomes
+from robustkd.paths import ATTACK_RESULTS_DIR, PREDICTIONS_DIR, TIMING_DIR
 from robustkd.suite import eps_key
 
 PLOTS_DIR = Path("plots")
@@ -32,6 +38,40 @@ def train_seconds(role: str) -> float | None:
 def load_results() -> list[dict]:
     names = json.loads((ATTACK_RESULTS_DIR / "index.json").read_text())["models"]
     return [json.loads((ATTACK_RESULTS_DIR / f"{n}.json").read_text()) for n in names]
+
+
+def clean_correct(names: list[str]) -> tuple[dict, str | None]:
+    """Each model's per-test-image correctness (bool arrays) from the predict stage's files, and the sha256 of the
+    test split they were computed on."""
+    rerun = "rerun the predict stage (`dvc repro predict`)"
+    correct, shas = {}, set()
+    for name in names:
+        path = PREDICTIONS_DIR / f"{name}.json"
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise OutcomesError(f"{path}: unreadable ({err}); {rerun}.") from None
+        if "correct" not in record:
+            raise OutcomesError(f"{path}: no per-image `correct` bitset (written before the per-point outcomes "
+                                f"existed); {rerun}.")
+        try:
+            correct[name] = decode_bits(record["correct"], int(record["n_test"]))
+        except (BitsetError, KeyError, TypeError, ValueError) as err:
+            raise OutcomesError(f"{path}: malformed `correct` ({err}); {rerun}.") from None
+        shas.add(record.get("test_sha256"))
+    if len(shas) > 1:
+        raise OutcomesError(f"{PREDICTIONS_DIR}: the models' predictions were made on different test splits; {rerun}.")
+    return correct, next(iter(shas), None)
+
+
+def per_point_outcomes(results: list[dict], dataset: str) -> dict:
+    """results/outcomes.json's content (robustkd.outcomes.build_outcomes)."""
+    missing = [r["model"] for r in results if "attack_points" not in r]
+    if missing:
+        raise OutcomesError(f"results/attack/{missing[0]}.json: no `attack_points` (written by an older attack "
+                            f"stage); rerun `dvc repro attack`.")
+    correct, test_sha256 = clean_correct([r["model"] for r in results])
+    return build_outcomes(results, correct, dataset=dataset, test_sha256=test_sha256)
 
 
 def masking_report(metrics: dict, reasons: dict[str, list[str]], headline_eps: float) -> str:
@@ -99,6 +139,7 @@ def closing_summary(metrics: dict, headline_eps: float) -> str:
 def main(params: dict) -> None:
     thresholds = params["metrics"]["masking"]
     results = load_results()
+    outcomes = per_point_outcomes(results, params["dataset"])  # checked first: nothing is written on bad input
     metrics = {r["model"]: summarise(r, thresholds) for r in results}
     reasons = {r["model"]: masking_reasons(r, thresholds) for r in results}
     headline = results[0]["headline_eps"]
@@ -108,6 +149,7 @@ def main(params: dict) -> None:
     atomic_write_json("timing.json", {"train_seconds": seconds,
                                       "train_seconds_total": round(sum(v or 0 for v in seconds.values()), 2)})
     atomic_write_text("results/gradient_masking.md", masking_report(metrics, reasons, headline))
+    atomic_write_json(OUTCOMES_PATH, outcomes)
 
     acc_rob = [{"model": n, "clean_acc": m["clean_acc"], "worst_case_acc": m["worst_case_headline"],
                 "worst_case_acc_ci_low": m["worst_case_headline_ci_low"],

@@ -7,9 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import metrics as stage
+from robustkd.bitsets import encode_bits
+from robustkd.diagnostics import worst_case_points
+from robustkd.errors import ProjectError
+from robustkd.outcomes import points_sha256, read_outcomes
 from robustkd.params import load
 from robustkd.stats import wilson
 from test_diagnostics import healthy_result
@@ -27,6 +32,25 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def clean_correct_of(result: dict) -> np.ndarray:
+    """Per test image: right on the attacked points as the attack result says, and on the first of the others until
+    the result's clean_correct count is reached."""
+    correct = np.zeros(result["n_test"], dtype=bool)
+    correct[result["attack_points"]] = np.asarray(result["attacked_clean_correct"], dtype=bool)
+    rest = np.setdiff1d(np.arange(result["n_test"]), result["attack_points"])
+    correct[rest[:result["clean_correct"] - int(correct.sum())]] = True
+    return correct
+
+
+def write_predictions(work: Path, results) -> None:
+    """The predict stage's files, as far as the metrics stage reads them."""
+    (work / "results" / "predict").mkdir(parents=True, exist_ok=True)
+    for r in results:
+        record = {"model": r["model"], "n_test": r["n_test"], "clean_correct": r["clean_correct"],
+                  "test_sha256": "sha-of-test", "correct": encode_bits(clean_correct_of(r))}
+        (work / "results" / "predict" / f"{r['model']}.json").write_text(json.dumps(record))
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """Runs the stage's main in a scratch folder on a healthy student and a flagged teacher."""
@@ -41,6 +65,7 @@ def run(tmp_path_factory):
     for r in (teacher, student):
         (work / "results" / "attack" / f"{r['model']}.json").write_text(json.dumps(r))
     (work / "results" / "attack" / "index.json").write_text(json.dumps({"models": ["teacher", "student"]}))
+    write_predictions(work, (teacher, student))
     cwd = os.getcwd()
     os.chdir(work)
     try:
@@ -127,3 +152,45 @@ def test_the_committed_headline_is_what_dvc_prints_and_its_diff_is_short(tmp_pat
     assert len(out.encode()) < 5000, len(out)
     assert max(map(len, out.splitlines())) <= 160
     assert sum("headline.json" in line for line in out.splitlines()) == len(flatten(headline))
+
+
+def test_outcomes_reproduce_the_metrics_point_by_point(run):
+    """results/outcomes.json: per model, clean correctness over the test set and, over the attacked points, the
+    worst case per ε (the very points metrics.json's worst_case counts) and each attack per ε; a few KB."""
+    work, _ = run
+    text = (work / "results" / "outcomes.json").read_text()
+    outcomes = read_outcomes(text)
+    metrics = json.loads((work / "metrics.json").read_text())
+    assert outcomes.attack_points.tolist() == [10 * i for i in range(100)]
+    assert outcomes.attack_points_sha256 == points_sha256(range(0, 1000, 10))
+    assert (outcomes.n_test, outcomes.test_sha256, outcomes.dataset) == (1000, "sha-of-test", "fashion_mnist")
+    assert (outcomes.eps, outcomes.headline_eps) == ([0.05, 0.1, 0.3], 0.1)
+    assert set(outcomes.models) == set(metrics)
+    for name, m in metrics.items():
+        o = outcomes.models[name]
+        result = json.loads((work / "results" / "attack" / f"{name}.json").read_text())
+        assert round(o.clean_correct.sum() / 1000, 4) == m["clean_acc"]
+        assert o.clean_correct[outcomes.attack_points].tolist() == [bool(v) for v in result["attacked_clean_correct"]]
+        assert set(o.worst_case) == set(m["worst_case"])
+        for key, acc in m["worst_case"].items():
+            assert o.worst_case[key].tolist() == [bool(v) for v in worst_case_points(result["linf"], key)]
+            assert round(o.worst_case[key].mean(), 4) == acc
+        for attack, per_eps in m["robust_acc"].items():
+            assert {k: round(o.robust[attack][k].mean(), 4) for k in per_eps} == per_eps
+    assert len(text.encode()) < 3000 * len(metrics)  # 100 points here; ~5 KB a model at 1,000 points
+
+
+def test_predictions_without_the_bitset_are_refused_before_anything_is_written(tmp_path, monkeypatch):
+    params = load(ROOT / "params.yaml")
+    (tmp_path / "results" / "attack").mkdir(parents=True)
+    r = healthy_result()
+    (tmp_path / "results" / "attack" / "student.json").write_text(json.dumps(r))
+    (tmp_path / "results" / "attack" / "index.json").write_text(json.dumps({"models": ["student"]}))
+    write_predictions(tmp_path, [r])
+    record = json.loads((tmp_path / "results" / "predict" / "student.json").read_text())
+    del record["correct"]
+    (tmp_path / "results" / "predict" / "student.json").write_text(json.dumps(record))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ProjectError, match=r"results/predict/student\.json: no per-image `correct` bitset .*dvc repro predict"):
+        stage.main(params)
+    assert not (tmp_path / "metrics.json").exists()
