@@ -1,4 +1,6 @@
 """Per-point outcomes (robustkd.outcomes), the paired statistics (robustkd.stats) and tools/compare.py."""
+import re
+
 import numpy as np
 import pytest
 import scipy.stats
@@ -105,3 +107,148 @@ def test_mean_interval():
     assert (low, high) == (round(0.6 - half, 4), round(0.6 + half, 4))
     with pytest.raises(ValueError):
         mean_interval([])
+
+
+# --- tools/compare.py ----------------------------------------------------------------------------------------------
+
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from robustkd.outcomes import SCHEMA, points_sha256, read_outcomes  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+N_TEST = 200
+
+
+def outcomes_file(worst: list[int], clean: list[int] | None = None, points=range(0, N_TEST, 4), eps=0.1,
+                  test_sha256="t" * 64, model="student") -> dict:
+    """A hand-made outcomes file: ``worst`` per attacked point (ascending index order), ``clean`` per test point."""
+    points = list(points)
+    assert len(worst) == len(points)
+    mask = np.zeros(N_TEST, dtype=bool)
+    mask[points] = True
+    clean = clean if clean is not None else [1] * N_TEST
+    key = "eps_" + f"{eps:g}".replace(".", "p")
+    return {"schema": SCHEMA, "dataset": "fashion_mnist", "n_test": N_TEST, "test_sha256": test_sha256,
+            "eps": [eps], "headline_eps": eps,
+            "attack_points": {"n": len(points), "sha256": points_sha256(points), "bits": encode_bits(mask)},
+            "models": {model: {"clean_correct": encode_bits(clean), "worst_case": {key: encode_bits(worst)},
+                               "robust": {"pgd_margin": {key: encode_bits(worst)}}, "autoattack_version": "standard"}}}
+
+
+def compare_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "compare.py"), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=60)
+
+
+@pytest.fixture
+def repo(tmp_path):
+    """A git repository (no DVC) with two commits of results/outcomes.json, tagged base and changed, and a DVC-style
+    experiment ref (refs/exps/..../my-exp) pointing at the second."""
+    git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True, text=True)  # noqa: E731
+    git("init", "-q")
+    git("config", "user.email", "t@t.invalid")
+    git("config", "user.name", "t")
+    (tmp_path / "results").mkdir()
+    path = tmp_path / "results" / "outcomes.json"
+    # 50 attacked points: A robust on the first 20; B keeps 18 of them and gains 10 more (10 B only, 2 A only).
+    worst_a = [1] * 20 + [0] * 30
+    worst_b = [1] * 18 + [0] * 2 + [1] * 10 + [0] * 20
+    clean_a = [1] * 180 + [0] * 20
+    clean_b = [1] * 175 + [0] * 5 + [1] * 2 + [0] * 18
+    path.write_text(json.dumps(outcomes_file(worst_a, clean_a)))
+    git("add", "-A")
+    git("commit", "-qm", "base")
+    git("tag", "base")
+    path.write_text(json.dumps(outcomes_file(worst_b, clean_b)))
+    git("commit", "-qam", "changed")
+    git("tag", "changed")
+    sha = git("rev-parse", "HEAD").stdout.strip()
+    git("update-ref", "refs/exps/ab/cdef0123/my-exp", sha)
+    git("reset", "-q", "--hard", "base")  # the workspace holds the base run again
+    return tmp_path, worst_a, worst_b, clean_a, clean_b
+
+
+def test_compare_two_commits_from_git_alone(repo):
+    path, worst_a, worst_b, clean_a, clean_b = repo
+    out = compare_cli(path, "base", "changed")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    result = json.loads(lines[-1])  # the last line is the JSON
+    worst = result["models"]["student"]["worst_case"]
+    assert worst == paired_difference(worst_a, worst_b)
+    assert (worst["a_only"], worst["b_only"], worst["a_acc"], worst["b_acc"], worst["diff"]) == (2, 10, 0.4, 0.56, 0.16)
+    assert worst["p_value"] == float(f"{mcnemar_exact(2, 10):.4g}") == 0.03857
+    assert worst["ci_low"] < 0.16 < worst["ci_high"]
+    clean = result["models"]["student"]["clean"]
+    assert clean == paired_difference(clean_a, clean_b) and (clean["a_only"], clean["b_only"]) == (5, 2)
+    assert result["n_attacked"] == 50 and result["headline_eps"] == 0.1 and result["a"]["kind"] == "git"
+    table = "\n".join(lines[:-1])
+    assert re.search(r"student  worst case  40.00%  56.00%  \+16.00 +\[", table)
+    assert f"[{100 * worst['ci_low']:+.2f}, {100 * worst['ci_high']:+.2f}]" in table and "0.03857" in table
+
+
+def test_compare_an_experiment_the_workspace_and_a_folder(repo, tmp_path_factory):
+    path, worst_a, worst_b, *_ = repo
+    out = compare_cli(path, "workspace", "my-exp", "--model", "student")  # the workspace holds the base run
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["b"]["kind"] == "experiment" and result["models"]["student"]["worst_case"]["diff"] == 0.16
+    folder = tmp_path_factory.mktemp("study") / "seed-0"
+    folder.mkdir()
+    (folder / "outcomes.json").write_text(json.dumps(outcomes_file(worst_b)))
+    out = compare_cli(path, "base", str(folder))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1])["models"]["student"]["worst_case"]["b_only"] == 10
+
+
+def test_compare_refuses_different_points_eps_and_splits(repo, tmp_path_factory):
+    path, worst_a, *_ = repo
+    other = tmp_path_factory.mktemp("other")
+    cases = {
+        "points": (outcomes_file(worst_a, points=[*range(0, 180, 4), *range(181, 200, 4)]),
+                   r"the attacked points differ: base attacked 50 points .* 5 of base's are not among .*'s and 5 of"),
+        "eps": (outcomes_file(worst_a, eps=0.3), r"the ε differ: base reports its worst case at headline ε=0\.1, .* ε=0\.3"),
+        "split": (outcomes_file(worst_a, test_sha256="u" * 64), r"the test splits differ"),
+    }
+    for name, (data, message) in cases.items():
+        folder = other / name
+        folder.mkdir()
+        (folder / "outcomes.json").write_text(json.dumps(data))
+        out = compare_cli(path, "base", str(folder))
+        assert out.returncode == 2 and out.stdout == "", (name, out.stdout)
+        assert re.search(message, out.stderr), (name, out.stderr)
+
+
+def test_compare_says_which_side_has_no_outcomes(repo):
+    path, *_ = repo
+    subprocess.run(["git", "commit", "-q", "--allow-empty", "-m", "empty"], cwd=path, check=True)
+    subprocess.run(["git", "rm", "-q", "results/outcomes.json"], cwd=path, check=True)
+    subprocess.run(["git", "commit", "-qm", "old run"], cwd=path, check=True)
+    out = compare_cli(path, "HEAD", "base")
+    assert out.returncode == 2
+    assert re.search(r"HEAD \([0-9a-f]{9}\): no results/outcomes\.json in that commit; results from before", out.stderr)
+    assert "rerun `dvc repro`" in out.stderr
+    out = compare_cli(path, "no-such-thing", "base")
+    assert out.returncode == 2 and "not `.`/`workspace`, a folder, a git branch/tag/commit or a DVC experiment" in out.stderr
+    out = compare_cli(path, "base", "changed", "--model", "teacher")
+    assert out.returncode == 2 and "--model teacher: not in both" in out.stderr
+
+
+def test_compare_help_names_every_form_and_the_statistics():
+    out = compare_cli(ROOT, "--help")
+    assert out.returncode == 0
+    for words in ("workspace", "folder", "branch", "experiment", "Newcombe", "McNemar", "git show", "last line"):
+        assert words in out.stdout, words
+
+
+def test_read_outcomes_refuses_another_schema_and_a_broken_bitset():
+    data = outcomes_file([1] * 50)
+    assert read_outcomes(json.dumps(data)).models["student"].worst_case["eps_0p1"].all()
+    with pytest.raises(Exception, match=r"schema None, expected 'robustkd-outcomes/1'"):
+        read_outcomes({**data, "schema": None}, "x.json")
+    data["attack_points"]["sha256"] = "0" * 64
+    with pytest.raises(Exception, match=r"x\.json: attack_points: the bitset does not match its n / sha256"):
+        read_outcomes(data, "x.json")
