@@ -110,21 +110,27 @@ def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:.1f}%"
 
 
+def _with_ci(m: dict, name: str) -> str:
+    """``m[name]`` in % with its 95% interval, "27.0% [19.3%, 36.4%]" ("n/a" when not measured)."""
+    if m.get(name) is None:
+        return "n/a"
+    return f"{_pct(m[name])} [{_pct(m[f'{name}_ci_low'])}, {_pct(m[f'{name}_ci_high'])}]"
+
+
 def closing_summary(metrics: dict, headline_eps: float) -> str:
     """The table the stage ends with, and where the results are."""
     n = {m["n_attacked"] for m in metrics.values()}
-    rows = [("model", "clean", "worst case [95% CI]", "AutoAttack", "gradient masking")]
+    rows = [("model", "clean [95% CI]", "worst case [95% CI]", "AutoAttack [95% CI]", "gradient masking")]
     for name, m in metrics.items():
-        worst = f"{_pct(m['worst_case_headline'])} [{_pct(m['worst_case_headline_ci_low'])}, " \
-                f"{_pct(m['worst_case_headline_ci_high'])}]"
         flag = f"FLAGGED ({m['masking_codes']})" if m["gradient_masking"] else "not flagged"
-        rows.append((name, _pct(m["clean_acc"]), worst, _pct(m["autoattack_headline"]), flag))
+        rows.append((name, _with_ci(m, "clean_acc"), _with_ci(m, "worst_case_headline"),
+                     _with_ci(m, "autoattack_headline"), flag))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     table = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     return "\n".join([
         f"Results at ε={headline_eps:g} (L∞): clean accuracy on the test set; worst case (per point, over every "
-        f"attack) and AutoAttack on {' / '.join(map(str, sorted(n)))} attacked points, with the 95% Wilson interval "
-        f"of that sample.",
+        f"attack) and AutoAttack on {' / '.join(map(str, sorted(n)))} attacked points; each with the 95% Wilson "
+        f"interval of its sample.",
         *table,
         "",
         "Where everything is:",
@@ -132,6 +138,7 @@ def closing_summary(metrics: dict, headline_eps: float) -> str:
         "  metrics.json                        every attack at every ε, per model (`dvc metrics show metrics.json`)",
         "  results/gradient_masking.md         why each model is (or is not) flagged, in words",
         "  plots/                              figures (PNG) and plot data (`dvc plots show`)",
+        "  results/outcomes.json               per-point outcomes, for `python tools/compare.py A B`",
         "  python tools/report.py --models metrics.json   the full table, per model",
     ])
 

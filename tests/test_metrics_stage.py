@@ -83,15 +83,18 @@ def test_the_stage_ends_with_the_headline_table_and_the_pointers(run):
     work, printed = run
     lines = printed.rstrip("\n").splitlines()
     head = next(i for i, line in enumerate(lines) if line.startswith("model "))
-    assert lines[head].split() == ["model", "clean", "worst", "case", "[95%", "CI]", "AutoAttack", "gradient", "masking"]
+    assert lines[head].split() == ["model", "clean", "[95%", "CI]", "worst", "case", "[95%", "CI]", "AutoAttack",
+                                   "[95%", "CI]", "gradient", "masking"]
     teacher, student = lines[head + 1].split(), lines[head + 2].split()
     low, high = wilson(27, 100)  # 27 of the 100 attacked points survive every attack
-    assert student == ["student", "90.0%", "27.0%", f"[{100 * low:.1f}%,", f"{100 * high:.1f}%]", "27.0%", "not",
-                       "flagged"]
+    c_low, c_high = wilson(900, 1000)
+    interval = [f"[{100 * low:.1f}%,", f"{100 * high:.1f}%]"]
+    assert student == ["student", "90.0%", f"[{100 * c_low:.1f}%,", f"{100 * c_high:.1f}%]", "27.0%", *interval,
+                       "27.0%", *interval, "not", "flagged"]
     assert teacher[0] == "teacher" and teacher[-2:] == ["FLAGGED", "(ce_gap)"]
-    assert "on 100 attacked points, with the 95% Wilson interval" in lines[head - 1]
+    assert "on 100 attacked points; each with the 95% Wilson interval" in lines[head - 1]
     tail = "\n".join(lines[head + 3:])
-    for pointer in ("headline.json", "metrics.json", "results/gradient_masking.md", "plots/",
+    for pointer in ("headline.json", "metrics.json", "results/gradient_masking.md", "plots/", "results/outcomes.json",
                     "python tools/report.py --models metrics.json"):
         assert pointer in tail
     assert lines[-1].strip().startswith("python tools/report.py --models metrics.json")  # the last word is the pointers'
@@ -194,3 +197,22 @@ def test_predictions_without_the_bitset_are_refused_before_anything_is_written(t
     with pytest.raises(ProjectError, match=r"results/predict/student\.json: no per-image `correct` bitset .*dvc repro predict"):
         stage.main(params)
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_every_accuracy_at_the_headline_eps_carries_its_wilson_interval(run):
+    """Clean, each attack and the worst case at the headline ε: flat numeric _ci_low / _ci_high keys."""
+    work, _ = run
+    for name, m in json.loads((work / "metrics.json").read_text()).items():
+        result = json.loads((work / "results" / "attack" / f"{name}.json").read_text())
+        assert (m["clean_acc_ci_low"], m["clean_acc_ci_high"]) == wilson(900, 1000)
+        attacks = {a for a, per_eps in result["linf"].items() if "eps_0p1" in per_eps}
+        assert set(m["robust_acc_headline_ci_low"]) == set(m["robust_acc_headline_ci_high"]) == attacks
+        for attack in attacks:
+            robust = sum(result["linf"][attack]["eps_0p1"])
+            assert (m["robust_acc_headline_ci_low"][attack], m["robust_acc_headline_ci_high"][attack]) == \
+                wilson(robust, 100)
+            assert m["robust_acc_headline_ci_low"][attack] <= m["robust_acc"][attack]["eps_0p1"] <= \
+                m["robust_acc_headline_ci_high"][attack]
+        assert m["worst_case_headline_ci_low"] <= m["worst_case_headline"] <= m["worst_case_headline_ci_high"]
+        assert m["adaptive_headline_ci_low"] <= m["adaptive_headline"] <= m["adaptive_headline_ci_high"]
+        assert m["paper_protocol_headline_ci_low"] is None  # not method purification: no paper-protocol numbers
