@@ -48,8 +48,10 @@ def test_mcnemar_exact_known_values():
 # --- Newcombe's paired interval ------------------------------------------------------------------------------------
 # Newcombe RG (1998), "Improved confidence intervals for the difference between binomial proportions based on paired
 # data", Stat Med 17:2635-2650: method 10 (the hybrid score interval) on the paper's worked examples, cells
-# (e, f, g, h) = (both right, first only, second only, neither), difference (f - g)/n, z = 1.96, to the 4 decimals
-# printed. The paper's (1, 97, 1, 1) row (0.8736) is left out: the formula gives 0.87367, i.e. 0.8737.
+# (e, f, g, h) = (both right, first only, second only, neither), difference (f - g)/n, z = 1.96, to 4 decimals.
+# The values are the method-10 rows of the paper's Table III as transcribed in a public test suite (the paper itself
+# was not at hand); 17 of its 18 rows are reproduced here exactly. The (1, 97, 1, 1) row (0.8736) is left out: the
+# formula gives 0.87367, i.e. 0.8737 (a rounding or transcription slip in one digit).
 NEWCOMBE_METHOD_10 = {
     (36, 12, 2, 0): (0.0569, 0.3404), (20, 12, 2, 16): (0.0562, 0.3292), (18, 12, 2, 18): (0.0562, 0.3290),
     (36, 14, 0, 0): (0.1528, 0.4167), (35, 14, 0, 1): (0.1461, 0.4175), (18, 14, 0, 18): (0.1441, 0.3963),
