@@ -8,14 +8,20 @@ beside its checkpoint: neither a DVC output nor a dep, so a retraining that give
 nothing downstream, and a rerun of this stage alone reports the latest training times. Method darht:
 darht_transferability.json (the teachers' K x K transferability matrix, and each teacher's transfer to the student)
 and its heatmap; other methods write an empty matrix there. Torch-free (robustkd.stage, robustkd.suite), so the stage starts fast.
+
+results/outcomes.json: every model's per-point outcomes as bitsets (robustkd.outcomes), kept in git for paired
+comparisons (tools/compare.py, the studies): clean correctness over the test set from the predict stage's files,
+the worst case and each attack per ε over the attacked points from the attack stage's.
 """
 import json
 from pathlib import Path
 
 from robustkd import plotting, stage
+from robustkd.bitsets import BitsetError, decode_bits
 from robustkd.diagnostics import masking_reasons, summarise, transferability
 from robustkd.io import atomic_write_json, atomic_write_text
-from robustkd.paths import ATTACK_RESULTS_DIR, TIMING_DIR
+from robustkd.outcomes import OUTCOMES_PATH, OutcomesError, build_outcomes
+from robustkd.paths import ATTACK_RESULTS_DIR, PREDICTIONS_DIR, TIMING_DIR
 from robustkd.suite import autoattack_label, eps_key
 
 PLOTS_DIR = Path("plots")
@@ -32,6 +38,40 @@ def train_seconds(role: str) -> float | None:
 def load_results() -> list[dict]:
     names = json.loads((ATTACK_RESULTS_DIR / "index.json").read_text())["models"]
     return [json.loads((ATTACK_RESULTS_DIR / f"{n}.json").read_text()) for n in names]
+
+
+def clean_correct(names: list[str]) -> tuple[dict, str | None]:
+    """Each model's per-test-image correctness (bool arrays) from the predict stage's files, and the sha256 of the
+    test split they were computed on."""
+    rerun = "rerun the predict stage (`dvc repro predict`)"
+    correct, shas = {}, set()
+    for name in names:
+        path = PREDICTIONS_DIR / f"{name}.json"
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise OutcomesError(f"{path}: unreadable ({err}); {rerun}.") from None
+        if "correct" not in record:
+            raise OutcomesError(f"{path}: no per-image `correct` bitset (written before the per-point outcomes "
+                                f"existed); {rerun}.")
+        try:
+            correct[name] = decode_bits(record["correct"], int(record["n_test"]))
+        except (BitsetError, KeyError, TypeError, ValueError) as err:
+            raise OutcomesError(f"{path}: malformed `correct` ({err}); {rerun}.") from None
+        shas.add(record.get("test_sha256"))
+    if len(shas) > 1:
+        raise OutcomesError(f"{PREDICTIONS_DIR}: the models' predictions were made on different test splits; {rerun}.")
+    return correct, next(iter(shas), None)
+
+
+def per_point_outcomes(results: list[dict], dataset: str) -> dict:
+    """results/outcomes.json's content (robustkd.outcomes.build_outcomes)."""
+    missing = [r["model"] for r in results if "attack_points" not in r]
+    if missing:
+        raise OutcomesError(f"results/attack/{missing[0]}.json: no `attack_points` (written by an older attack "
+                            f"stage); rerun `dvc repro attack`.")
+    correct, test_sha256 = clean_correct([r["model"] for r in results])
+    return build_outcomes(results, correct, dataset=dataset, test_sha256=test_sha256)
 
 
 def masking_report(metrics: dict, reasons: dict[str, list[str]], headline_eps: float) -> str:
@@ -70,23 +110,28 @@ def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:.1f}%"
 
 
+def _with_ci(m: dict, name: str) -> str:
+    """``m[name]`` in % with its 95% interval, "27.0% [19.3%, 36.4%]" ("n/a" when not measured)."""
+    if m.get(name) is None:
+        return "n/a"
+    return f"{_pct(m[name])} [{_pct(m[f'{name}_ci_low'])}, {_pct(m[f'{name}_ci_high'])}]"
+
+
 def closing_summary(metrics: dict, headline_eps: float) -> str:
     """The table the stage ends with, and where the results are."""
     n = {m["n_attacked"] for m in metrics.values()}
-    rows = [("model", "clean", "worst case [95% CI]", autoattack_label(m.get("autoattack_version") for m in metrics.values()),
-             "gradient masking")]
+    aa = autoattack_label(m.get("autoattack_version") for m in metrics.values())
+    rows = [("model", "clean [95% CI]", "worst case [95% CI]", f"{aa} [95% CI]", "gradient masking")]
     for name, m in metrics.items():
-        worst = f"{_pct(m['worst_case_headline'])} [{_pct(m['worst_case_headline_ci_low'])}, " \
-                f"{_pct(m['worst_case_headline_ci_high'])}]"
         flag = f"FLAGGED ({m['masking_codes']})" if m["gradient_masking"] else "not flagged"
-        rows.append((name, _pct(m["clean_acc"]), worst, _pct(m["autoattack_headline"]), flag))
+        rows.append((name, _with_ci(m, "clean_acc"), _with_ci(m, "worst_case_headline"),
+                     _with_ci(m, "autoattack_headline"), flag))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     table = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     return "\n".join([
         f"Results at ε={headline_eps:g} (L∞): clean accuracy on the test set; worst case (per point, over every "
-        f"attack) and {autoattack_label(m.get('autoattack_version') for m in metrics.values())} on "
-        f"{' / '.join(map(str, sorted(n)))} attacked points, with the 95% Wilson interval "
-        f"of that sample.",
+        f"attack) and {aa} on {' / '.join(map(str, sorted(n)))} attacked points; each with the 95% Wilson "
+        f"interval of its sample.",
         *table,
         "",
         "Where everything is:",
@@ -94,6 +139,7 @@ def closing_summary(metrics: dict, headline_eps: float) -> str:
         "  metrics.json                        every attack at every ε, per model (`dvc metrics show metrics.json`)",
         "  results/gradient_masking.md         why each model is (or is not) flagged, in words",
         "  plots/                              figures (PNG) and plot data (`dvc plots show`)",
+        "  results/outcomes.json               per-point outcomes, for `python tools/compare.py A B`",
         "  python tools/report.py --models metrics.json   the full table, per model",
     ])
 
@@ -101,6 +147,7 @@ def closing_summary(metrics: dict, headline_eps: float) -> str:
 def main(params: dict) -> None:
     thresholds = params["metrics"]["masking"]
     results = load_results()
+    outcomes = per_point_outcomes(results, params["dataset"])  # checked first: nothing is written on bad input
     metrics = {r["model"]: summarise(r, thresholds) for r in results}
     reasons = {r["model"]: masking_reasons(r, thresholds) for r in results}
     headline = results[0]["headline_eps"]
@@ -110,6 +157,7 @@ def main(params: dict) -> None:
     atomic_write_json("timing.json", {"train_seconds": seconds,
                                       "train_seconds_total": round(sum(v or 0 for v in seconds.values()), 2)})
     atomic_write_text("results/gradient_masking.md", masking_report(metrics, reasons, headline))
+    atomic_write_json(OUTCOMES_PATH, outcomes)
 
     acc_rob = [{"model": n, "clean_acc": m["clean_acc"], "worst_case_acc": m["worst_case_headline"],
                 "worst_case_acc_ci_low": m["worst_case_headline_ci_low"],

@@ -27,6 +27,7 @@ def healthy_result() -> dict:
     linf["square"] = {eps_key(0.1): points(45)}
     return {
         "model": "student", "n_test": 1000, "clean_correct": 900, "n_attacked": N,
+        "attack_points": [10 * i for i in range(N)],
         "attacked_clean_correct": points(90), "linf": linf, "l2": {"pgd_l2_margin": {eps_key(1.0): points(20)}},
         "autoattack_flags": {}, "autoattack_version": "standard", "cw_l2": {"n_points": 4, "l2": [0.5, 1.5, None, 0.8]},
         "sensitivity": {"n_points": N, "softmax": 1e-21, "logit": 3.25},

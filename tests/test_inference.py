@@ -7,6 +7,7 @@ import torch
 
 from attack_fixtures import FMNIST_DIR, fashion_mnist, fashion_mnist_available, seeded_model, trained_fmnist_model
 from robustkd import attacks, evaluation, inference
+from robustkd.bitsets import decode_bits
 from robustkd.errors import CheckpointError
 from robustkd.models import save_checkpoint
 
@@ -71,6 +72,7 @@ def test_predictions_round_trip(saved):
     assert correct == 3
     record = json.loads(inference.predictions_path("m").read_text())
     assert record["clean_correct"] == 3 and record["n_test"] == 5 and record["predictions"] == [0, 1, 9, 3, 9]
+    assert decode_bits(record["correct"], 5).tolist() == [True, True, False, True, False]  # for results/outcomes.json
     assert inference.load_clean_correct("m", checkpoint, "test-sha", labels).tolist() == [True, True, False, True,
                                                                                            False]
 

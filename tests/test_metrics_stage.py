@@ -7,9 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import metrics as stage
+from robustkd.bitsets import encode_bits
+from robustkd.diagnostics import worst_case_points
+from robustkd.errors import ProjectError
+from robustkd.outcomes import points_sha256, read_outcomes
 from robustkd.params import load
 from robustkd.stats import wilson
 from test_diagnostics import healthy_result
@@ -27,6 +32,25 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def clean_correct_of(result: dict) -> np.ndarray:
+    """Per test image: right on the attacked points as the attack result says, and on the first of the others until
+    the result's clean_correct count is reached."""
+    correct = np.zeros(result["n_test"], dtype=bool)
+    correct[result["attack_points"]] = np.asarray(result["attacked_clean_correct"], dtype=bool)
+    rest = np.setdiff1d(np.arange(result["n_test"]), result["attack_points"])
+    correct[rest[:result["clean_correct"] - int(correct.sum())]] = True
+    return correct
+
+
+def write_predictions(work: Path, results) -> None:
+    """The predict stage's files, as far as the metrics stage reads them."""
+    (work / "results" / "predict").mkdir(parents=True, exist_ok=True)
+    for r in results:
+        record = {"model": r["model"], "n_test": r["n_test"], "clean_correct": r["clean_correct"],
+                  "test_sha256": "sha-of-test", "correct": encode_bits(clean_correct_of(r))}
+        (work / "results" / "predict" / f"{r['model']}.json").write_text(json.dumps(record))
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """Runs the stage's main in a scratch folder on a healthy student and a flagged teacher."""
@@ -41,6 +65,7 @@ def run(tmp_path_factory):
     for r in (teacher, student):
         (work / "results" / "attack" / f"{r['model']}.json").write_text(json.dumps(r))
     (work / "results" / "attack" / "index.json").write_text(json.dumps({"models": ["teacher", "student"]}))
+    write_predictions(work, (teacher, student))
     cwd = os.getcwd()
     os.chdir(work)
     try:
@@ -70,15 +95,18 @@ def test_the_stage_ends_with_the_headline_table_and_the_pointers(run):
     work, printed = run
     lines = printed.rstrip("\n").splitlines()
     head = next(i for i, line in enumerate(lines) if line.startswith("model "))
-    assert lines[head].split() == ["model", "clean", "worst", "case", "[95%", "CI]", "AutoAttack", "gradient", "masking"]
+    assert lines[head].split() == ["model", "clean", "[95%", "CI]", "worst", "case", "[95%", "CI]", "AutoAttack",
+                                   "[95%", "CI]", "gradient", "masking"]
     teacher, student = lines[head + 1].split(), lines[head + 2].split()
     low, high = wilson(27, 100)  # 27 of the 100 attacked points survive every attack
-    assert student == ["student", "90.0%", "27.0%", f"[{100 * low:.1f}%,", f"{100 * high:.1f}%]", "27.0%", "not",
-                       "flagged"]
+    c_low, c_high = wilson(900, 1000)
+    interval = [f"[{100 * low:.1f}%,", f"{100 * high:.1f}%]"]
+    assert student == ["student", "90.0%", f"[{100 * c_low:.1f}%,", f"{100 * c_high:.1f}%]", "27.0%", *interval,
+                       "27.0%", *interval, "not", "flagged"]
     assert teacher[0] == "teacher" and teacher[-2:] == ["FLAGGED", "(ce_gap)"]
-    assert "on 100 attacked points, with the 95% Wilson interval" in lines[head - 1]
+    assert "on 100 attacked points; each with the 95% Wilson interval" in lines[head - 1]
     tail = "\n".join(lines[head + 3:])
-    for pointer in ("headline.json", "metrics.json", "results/gradient_masking.md", "plots/",
+    for pointer in ("headline.json", "metrics.json", "results/gradient_masking.md", "plots/", "results/outcomes.json",
                     "python tools/report.py --models metrics.json"):
         assert pointer in tail
     assert lines[-1].strip().startswith("python tools/report.py --models metrics.json")  # the last word is the pointers'
@@ -139,3 +167,64 @@ def test_the_committed_headline_is_what_dvc_prints_and_its_diff_is_short(tmp_pat
     assert len(out.encode()) < 5000, len(out)
     assert max(map(len, out.splitlines())) <= 160
     assert sum("headline.json" in line for line in out.splitlines()) == len(flatten(headline))
+
+
+def test_outcomes_reproduce_the_metrics_point_by_point(run):
+    """results/outcomes.json: per model, clean correctness over the test set and, over the attacked points, the
+    worst case per ε (the very points metrics.json's worst_case counts) and each attack per ε; a few KB."""
+    work, _ = run
+    text = (work / "results" / "outcomes.json").read_text()
+    outcomes = read_outcomes(text)
+    metrics = json.loads((work / "metrics.json").read_text())
+    assert outcomes.attack_points.tolist() == [10 * i for i in range(100)]
+    assert outcomes.attack_points_sha256 == points_sha256(range(0, 1000, 10))
+    assert (outcomes.n_test, outcomes.test_sha256, outcomes.dataset) == (1000, "sha-of-test", "fashion_mnist")
+    assert (outcomes.eps, outcomes.headline_eps) == ([0.05, 0.1, 0.3], 0.1)
+    assert set(outcomes.models) == set(metrics)
+    for name, m in metrics.items():
+        o = outcomes.models[name]
+        result = json.loads((work / "results" / "attack" / f"{name}.json").read_text())
+        assert round(o.clean_correct.sum() / 1000, 4) == m["clean_acc"]
+        assert o.clean_correct[outcomes.attack_points].tolist() == [bool(v) for v in result["attacked_clean_correct"]]
+        assert set(o.worst_case) == set(m["worst_case"])
+        for key, acc in m["worst_case"].items():
+            assert o.worst_case[key].tolist() == [bool(v) for v in worst_case_points(result["linf"], key)]
+            assert round(o.worst_case[key].mean(), 4) == acc
+        for attack, per_eps in m["robust_acc"].items():
+            assert {k: round(o.robust[attack][k].mean(), 4) for k in per_eps} == per_eps
+    assert len(text.encode()) < 3000 * len(metrics)  # 100 points here; ~5 KB a model at 1,000 points
+
+
+def test_predictions_without_the_bitset_are_refused_before_anything_is_written(tmp_path, monkeypatch):
+    params = load(ROOT / "params.yaml")
+    (tmp_path / "results" / "attack").mkdir(parents=True)
+    r = healthy_result()
+    (tmp_path / "results" / "attack" / "student.json").write_text(json.dumps(r))
+    (tmp_path / "results" / "attack" / "index.json").write_text(json.dumps({"models": ["student"]}))
+    write_predictions(tmp_path, [r])
+    record = json.loads((tmp_path / "results" / "predict" / "student.json").read_text())
+    del record["correct"]
+    (tmp_path / "results" / "predict" / "student.json").write_text(json.dumps(record))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ProjectError, match=r"results/predict/student\.json: no per-image `correct` bitset .*dvc repro predict"):
+        stage.main(params)
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_every_accuracy_at_the_headline_eps_carries_its_wilson_interval(run):
+    """Clean, each attack and the worst case at the headline ε: flat numeric _ci_low / _ci_high keys."""
+    work, _ = run
+    for name, m in json.loads((work / "metrics.json").read_text()).items():
+        result = json.loads((work / "results" / "attack" / f"{name}.json").read_text())
+        assert (m["clean_acc_ci_low"], m["clean_acc_ci_high"]) == wilson(900, 1000)
+        attacks = {a for a, per_eps in result["linf"].items() if "eps_0p1" in per_eps}
+        assert set(m["robust_acc_headline_ci_low"]) == set(m["robust_acc_headline_ci_high"]) == attacks
+        for attack in attacks:
+            robust = sum(result["linf"][attack]["eps_0p1"])
+            assert (m["robust_acc_headline_ci_low"][attack], m["robust_acc_headline_ci_high"][attack]) == \
+                wilson(robust, 100)
+            assert m["robust_acc_headline_ci_low"][attack] <= m["robust_acc"][attack]["eps_0p1"] <= \
+                m["robust_acc_headline_ci_high"][attack]
+        assert m["worst_case_headline_ci_low"] <= m["worst_case_headline"] <= m["worst_case_headline_ci_high"]
+        assert m["adaptive_headline_ci_low"] <= m["adaptive_headline"] <= m["adaptive_headline_ci_high"]
+        assert m["paper_protocol_headline_ci_low"] is None  # not method purification: no paper-protocol numbers

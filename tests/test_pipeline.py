@@ -1,9 +1,12 @@
 """End-to-end: the real DVC pipeline on a tiny config in a temporary git repo."""
 import json
+import re
+import sys
 
 import pytest
 
-from tiny_repo import darht_stages, make_tiny_repo, run, set_params, stages_run
+from robustkd.outcomes import read_outcomes
+from tiny_repo import ROOT, darht_stages, make_tiny_repo, run, set_params, stages_run
 
 pytestmark = pytest.mark.slow
 DARHT_STAGES = darht_stages()   # markers only, unless method = darht; they rerun when `method` changes
@@ -50,6 +53,14 @@ def test_outputs_and_metrics_schema(repo):
         assert written["models"] == [] and not (repo / "models" / "darht" / name / "teacher.pt").exists()
     assert json.loads((repo / "darht_transferability.json").read_text())["teachers"] == []
     assert metrics["student"]["purifier"] is None and metrics["student"]["paper_protocol_headline"] is None
+    # the per-point outcomes, committed with the run (cache: false), reproduce the metrics point by point
+    outcomes = read_outcomes(run(["git", "show", "HEAD:results/outcomes.json"], repo).stdout)
+    assert set(outcomes.models) == set(metrics) and len(outcomes.attack_points) == 40
+    for name, m in metrics.items():
+        o = outcomes.models[name]
+        assert round(o.clean_correct.mean(), 4) == m["clean_acc"] and len(o.clean_correct) == m["n_test"]
+        assert {k: round(v.mean(), 4) for k, v in o.worst_case.items()} == m["worst_case"]
+        assert round(o.robust["pgd_margin"]["eps_0p1"].mean(), 4) == m["robust_acc"]["pgd_margin"]["eps_0p1"]
 
 
 def test_second_repro_reruns_nothing(repo):
@@ -76,6 +87,17 @@ def test_exp_run_temperature_reruns_training_not_prepare(repo):
     assert "student.sensitivity_softmax" in changed or "student.clean_acc" in changed
     teacher_ckpt_info = json.loads((repo / "results" / "attack" / "teacher.json").read_text())["info"]
     assert teacher_ckpt_info["temperature"] == 50
+    # the committed run vs the experiment, by its name, from git alone: paired differences on the same 40 points
+    name = re.search(r"Ran experiment\(s\): (\S+)", out.stdout).group(1)
+    assert name in {ref.rsplit("/", 1)[-1] for ref in
+                    run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], repo).stdout.split()}
+    out = run([sys.executable, str(ROOT / "tools" / "compare.py"), "HEAD", name], repo).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["b"]["kind"] == "experiment" and result["n_attacked"] == 40
+    student = result["models"]["student"]["worst_case"]
+    new = read_outcomes((repo / "results" / "outcomes.json").read_text()).models["student"]
+    assert student["b_acc"] == round(new.worst_case["eps_0p1"].mean(), 4)
+    assert student["ci_low"] <= student["diff"] <= student["ci_high"] and 0 < student["p_value"] <= 1
 
 
 def test_masking_verdicts_do_not_depend_on_the_training_precision(repo):

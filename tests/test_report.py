@@ -221,3 +221,22 @@ def test_exp_table_reads_the_full_metrics_of_runs_that_declare_only_the_headline
     monkeypatch.setattr(report.subprocess, "run", no_git)  # e.g. not in the repository: the headline's columns
     row = report.table([entry]).splitlines()[2]
     assert row.startswith("| new | defensive_distillation | 20 | 1 | 90.0 | n/a | n/a | 2.0 | 1.0 | n/a |")
+
+
+def test_every_accuracy_shows_its_interval_where_metrics_json_has_it():
+    m = {**metrics(0.8, 0.3, 0.01, 0), "clean_acc_ci_low": 0.7921, "clean_acc_ci_high": 0.8076,
+         "worst_case_headline_ci_low": 0.0034, "worst_case_headline_ci_high": 0.029,
+         "autoattack_headline_ci_low": 0.0034, "autoattack_headline_ci_high": 0.029,
+         "robust_acc_headline_ci_low": {"pgd_softmax_ce": 0.2575, "pgd_margin": 0.0034},
+         "robust_acc_headline_ci_high": {"pgd_softmax_ce": 0.3462, "pgd_margin": 0.029}}
+    row = report.models_table({"student": m}, 0.1).splitlines()[2]
+    assert row.startswith("| student | 20 | 80.0 [79.2, 80.8] | 30.0 [25.8, 34.6] | 1.0 [0.3, 2.9] | "
+                          "1.0 [0.3, 2.9] | 1.0 [0.3, 2.9] | n/a |")
+    exp_row = report.table([state("a" * 40, "main", 20, 1, m)]).splitlines()[2]
+    assert "| 80.0 [79.2, 80.8] | 30.0 [25.8, 34.6] |" in exp_row
+    purified = {**m, "purifier": "cae", "paper_protocol_headline": 0.5, "paper_protocol_headline_ci_low": 0.4,
+                "paper_protocol_headline_ci_high": 0.6, "adaptive_headline": 0.2, "adaptive_headline_ci_low": 0.15,
+                "adaptive_headline_ci_high": 0.25}
+    cells = report.purification_table({"student": purified}, 0.1).splitlines()[2].strip("| ").split(" | ")
+    assert cells[1] == "80.0 [79.2, 80.8]" and cells[5] == "50.0 [40.0, 60.0]" and cells[9] == "20.0 [15.0, 25.0]"
+    assert cells[7] == "30.0 [25.8, 34.6]" and cells[10] == "1.0 [0.3, 2.9]"

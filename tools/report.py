@@ -12,7 +12,9 @@
 Columns: the params that define a variant, then the student's clean accuracy, robust accuracy under
 the papers' softmax-CE PGD and under AutoAttack at the headline ε, the per-point worst case, the CW-L2
 median, the softmax sensitivity and the gradient-masking flag; per experiment also the training time
-of all its models (timing.json: teacher, assistants and student, not the shared surrogate).
+of all its models (timing.json: teacher, assistants and student, not the shared surrogate). Every accuracy is shown
+with its 95% Wilson interval, "86.7 [86.0, 87.3]", where metrics.json has it (runs from before the intervals: the
+value alone).
 """
 from __future__ import annotations
 
@@ -63,6 +65,25 @@ def _fmt(value, pct=True):
     return f"{100 * value:.1f}" if pct else f"{value:.3g}"
 
 
+def _fmt_ci(value, low=None, high=None) -> str:
+    """An accuracy in % with its 95% interval, "86.7 [86.0, 87.3]"; the value alone when the interval is missing."""
+    if value is None or low is None or high is None:
+        return _fmt(value)
+    return f"{_fmt(value)} [{_fmt(low)}, {_fmt(high)}]"
+
+
+def _ci_cell(metrics: dict, name: str) -> str:
+    """``name`` (clean_acc, worst_case_headline, ...) with its ``name_ci_low`` / ``name_ci_high``."""
+    return _fmt_ci(metrics.get(name), metrics.get(f"{name}_ci_low"), metrics.get(f"{name}_ci_high"))
+
+
+def _attack_cell(metrics: dict, attack: str, eps_key: str) -> str:
+    """One attack's robust accuracy at ``eps_key`` with its interval (metrics.json keeps it at the headline ε)."""
+    low = (metrics.get("robust_acc_headline_ci_low") or {}).get(attack)
+    high = (metrics.get("robust_acc_headline_ci_high") or {}).get(attack)
+    return _fmt_ci(metrics.get("robust_acc", {}).get(attack, {}).get(eps_key), low, high)
+
+
 METRIC_COLUMNS = ("clean %", "softmax-CE PGD %", "margin PGD %", "AutoAttack %", "worst case %", "CW-L2 median",
                   "sensitivity (softmax)", "sensitivity (logit)", "masking flagged")
 
@@ -75,13 +96,12 @@ def labelled(columns: tuple[str, ...], models) -> list[str]:
 
 def metric_cells(metrics: dict, eps_key: str) -> list[str]:
     """The metric columns; a key missing from an older schema shows as n/a."""
-    robust = metrics.get("robust_acc", {})
     return [
-        _fmt(metrics.get("clean_acc")),
-        _fmt(robust.get("pgd_softmax_ce", {}).get(eps_key)),
-        _fmt(robust.get("pgd_margin", {}).get(eps_key)),
-        _fmt(metrics.get("autoattack_headline")),
-        _fmt(metrics.get("worst_case_headline")),
+        _ci_cell(metrics, "clean_acc"),
+        _attack_cell(metrics, "pgd_softmax_ce", eps_key),
+        _attack_cell(metrics, "pgd_margin", eps_key),
+        _ci_cell(metrics, "autoattack_headline"),
+        _ci_cell(metrics, "worst_case_headline"),
         _fmt(metrics.get("cw_l2_median"), pct=False),
         _fmt(metrics.get("sensitivity_softmax"), pct=False),
         _fmt(metrics.get("sensitivity_logit"), pct=False),
@@ -91,7 +111,8 @@ def metric_cells(metrics: dict, eps_key: str) -> list[str]:
 
 # Keys added to metrics.json by the change that moved the masking reasons to results/gradient_masking.md.
 CURRENT_KEYS = ("clean_acc_ci_low", "clean_acc_ci_high", "worst_case_headline_ci_low", "worst_case_headline_ci_high",
-                "autoattack_headline_ci_low", "autoattack_headline_ci_high", "masking_codes")
+                "autoattack_headline_ci_low", "autoattack_headline_ci_high", "masking_codes",
+                "robust_acc_headline_ci_low", "robust_acc_headline_ci_high")
 
 
 def schema_note(metrics: dict, path: str) -> str | None:
@@ -107,7 +128,11 @@ def schema_note(metrics: dict, path: str) -> str | None:
 
 # headline.json key -> metrics.json key: a run whose full metrics.json cannot be read still shows these.
 HEADLINE_KEYS = {"clean_acc": "clean_acc", "worst_case_acc": "worst_case_headline",
-                 "autoattack_acc": "autoattack_headline", "gradient_masking": "gradient_masking"}
+                 "autoattack_acc": "autoattack_headline", "gradient_masking": "gradient_masking",
+                 **{f"{h}_ci_{end}": f"{m}_ci_{end}" for h, m in (("clean_acc", "clean_acc"),
+                                                                  ("worst_case_acc", "worst_case_headline"),
+                                                                  ("autoattack_acc", "autoattack_headline"))
+                    for end in ("low", "high")}}
 
 
 def full_metrics(data: dict, rev: str | None, model: str) -> dict:
@@ -163,16 +188,15 @@ def purification_table(metrics: dict, headline_eps: float) -> str:
     lines = [_row(["model", *labelled(PURIFICATION_COLUMNS, metrics.values())]),
              "|" + "---|" * (1 + len(PURIFICATION_COLUMNS))]
     for name, m in sorted(metrics.items(), key=lambda kv: chain_position(kv[0])):
-        robust = m.get("robust_acc", {})
-        cells = [m.get("clean_acc"), *(robust.get(a, {}).get(key) for a in
-                                       ("classifier_fgsm", "classifier_pgd_ce", "classifier_pgd_margin")),
-                 m.get("paper_protocol_headline"), m.get("paper_protocol_cw_acc"),
-                 robust.get("pgd_softmax_ce", {}).get(key), m.get("autoattack_headline"), m.get("adaptive_headline"),
-                 m.get("worst_case_headline")]
+        cells = [_ci_cell(m, "clean_acc"), *(_attack_cell(m, a, key) for a in
+                                             ("classifier_fgsm", "classifier_pgd_ce", "classifier_pgd_margin")),
+                 _ci_cell(m, "paper_protocol_headline"), _fmt(m.get("paper_protocol_cw_acc")),
+                 _attack_cell(m, "pgd_softmax_ce", key), _ci_cell(m, "autoattack_headline"),
+                 _ci_cell(m, "adaptive_headline"), _ci_cell(m, "worst_case_headline")]
         quality = [m.get(k) for k in ("psnr_clean", "ssim_clean", "psnr_adversarial", "ssim_adversarial")]
         quality = ["n/a" if v is None else f"{v:.{1 if i % 2 == 0 else 3}f}" for i, v in enumerate(quality)]
         label = "teacher (no purifier)" if m.get("purifier") is None else name
-        lines.append(_row([label, *map(_fmt, cells), *quality, _fmt(m.get("gradient_masking"), pct="flag")]))
+        lines.append(_row([label, *cells, *quality, _fmt(m.get("gradient_masking"), pct="flag")]))
     return "\n".join(lines)
 
 

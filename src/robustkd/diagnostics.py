@@ -18,6 +18,13 @@ def _acc(points: list[int]) -> float:
     return round(sum(points) / len(points), 4) if points else 0.0
 
 
+def _ci(name: str, points: list[int]) -> dict:
+    """``<name>_ci_low``, ``<name>_ci_high``: the 95% Wilson interval of the accuracy over ``points`` (None, None
+    when there are none)."""
+    low, high = wilson(sum(points), len(points)) if points else (None, None)
+    return {f"{name}_ci_low": low, f"{name}_ci_high": high}
+
+
 def worst_case_points(linf: dict[str, dict[str, list[int]]], key: str, among=None) -> list[int]:
     """Per point: robust only if every attack run at this ε (or every one ``among`` them) failed on it."""
     lists = [per_eps[key] for a, per_eps in linf.items() if key in per_eps and (among is None or a in among)]
@@ -32,11 +39,15 @@ def purification_summary(result: dict, headline: str) -> dict:
     purifier = result["info"].get("purifier")
     keys = ("paper_protocol_headline", "paper_protocol_cw_acc", "psnr_clean", "ssim_clean", "psnr_adversarial",
             "ssim_adversarial")
-    out = {"purifier": purifier["arch"] if purifier else None,
-           "adaptive_headline": _acc(worst_case_points(linf, headline, WHITE_BOX)), **dict.fromkeys(keys)}
+    adaptive = worst_case_points(linf, headline, WHITE_BOX)
+    out = {"purifier": purifier["arch"] if purifier else None, "adaptive_headline": _acc(adaptive),
+           **_ci("adaptive_headline", adaptive), **dict.fromkeys(keys),
+           **dict.fromkeys(("paper_protocol_headline_ci_low", "paper_protocol_headline_ci_high"))}
     if protocol:
         quality = protocol["image_quality"]
-        out.update(paper_protocol_headline=_acc(worst_case_points(linf, headline, PAPER_PROTOCOL)),
+        paper = worst_case_points(linf, headline, PAPER_PROTOCOL)
+        out.update(_ci("paper_protocol_headline", paper))
+        out.update(paper_protocol_headline=_acc(paper),
                    paper_protocol_cw_acc=_acc(protocol["cw_l2"]) if protocol["cw_l2"] else None,
                    psnr_clean=quality["clean"]["psnr_mean"], ssim_clean=quality["clean"]["ssim_mean"],
                    psnr_adversarial=quality["adversarial"]["psnr_mean"],
@@ -155,6 +166,11 @@ def summarise(result: dict, thresholds: dict) -> dict:
         # 95% Wilson intervals (robustkd.stats): clean over the n_test points, the others over the n_attacked ones.
         "clean_acc_ci_low": clean_ci[0], "clean_acc_ci_high": clean_ci[1],
         "robust_acc": {attack: {k: _acc(v) for k, v in per_eps.items()} for attack, per_eps in linf.items()},
+        # each attack's 95% Wilson interval at the headline ε (over the n_attacked points), per attack
+        "robust_acc_headline_ci_low": {a: wilson(sum(v[headline]), len(v[headline]))[0]
+                                       for a, v in linf.items() if v.get(headline)},
+        "robust_acc_headline_ci_high": {a: wilson(sum(v[headline]), len(v[headline]))[1]
+                                        for a, v in linf.items() if v.get(headline)},
         "robust_acc_l2": {attack: {k: _acc(v) for k, v in per_eps.items()} for attack, per_eps in result["l2"].items()},
         "worst_case": worst,
         "worst_case_headline": worst[headline],

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .bitsets import encode_bits
 from .errors import CheckpointError
 from .io import atomic_write_json, sha256_file
 from .paths import PREDICTIONS_DIR
@@ -34,12 +35,16 @@ def predictions_path(name: str) -> Path:
 
 def save_predictions(name: str, checkpoint: Path, test_sha256: str, predictions: torch.Tensor,
                      labels: torch.Tensor) -> int:
-    """Write ``results/predict/<name>.json``; returns how many test images the model classifies correctly."""
-    correct = int((predictions == labels).sum().item())
+    """Write ``results/predict/<name>.json``; returns how many test images the model classifies correctly.
+
+    ``correct``: the same per test image, as a bitset (robustkd.bitsets), which the metrics stage reads for the
+    per-point outcomes (results/outcomes.json) without the labels."""
+    hits = (predictions == labels).cpu()
+    correct = int(hits.sum().item())
     atomic_write_json(predictions_path(name), {
         "model": name, "checkpoint": str(checkpoint), "checkpoint_sha256": sha256_file(checkpoint),
         "test_sha256": test_sha256, "n_test": len(labels), "clean_correct": correct,
-        "predictions": predictions.tolist()})
+        "correct": encode_bits(hits.numpy()), "predictions": predictions.tolist()})
     return correct
 
 
