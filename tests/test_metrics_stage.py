@@ -81,9 +81,9 @@ def run(tmp_path_factory):
 
 def test_autoattack_is_labelled_by_the_version_that_ran():
     """The quick custom subset is never shown as plain "AutoAttack" (issue 22)."""
-    one = {"autoattack_version": "custom", "clean_acc": 0.9, "worst_case_headline": 0.2, "worst_case_headline_ci_low": 0.1,
-           "worst_case_headline_ci_high": 0.3, "autoattack_headline": 0.2, "gradient_masking": 0, "masking_codes": "",
-           "n_attacked": 100}
+    one = {"autoattack_version": "custom", "gradient_masking": 0, "masking_codes": "", "n_attacked": 100,
+           **{f"{k}{end}": v for k in ("clean_acc", "worst_case_headline", "autoattack_headline")
+              for end, v in (("", 0.2), ("_ci_low", 0.1), ("_ci_high", 0.3))}}
     assert "AutoAttack (custom subset) on 100 attacked points" in stage.closing_summary({"student": one}, 0.1)
     assert "AutoAttack on 100 attacked points" in stage.closing_summary(
         {"student": {**one, "autoattack_version": "standard"}}, 0.1)
