@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from . import data, distributed
+from . import data, distributed, splits
 from .io import atomic_write_json, sha256_file
 from .models import build_model, load_checkpoint, model_spec, place, save_checkpoint
 from .paths import PREPARED_DIR, RESUME_DIR, TIMING_DIR
@@ -22,8 +22,8 @@ from .training import Engine, LossFn, TrainConfig, pick_device, train
 class TrainingRun:
     """What every role of a stage shares: the prepared data and the run-wide settings."""
     meta: dict
-    train_data: tuple
-    val_data: tuple
+    train_data: tuple | splits.MemorySplit | splits.StreamSplit  # an (x, y) pair or a split (robustkd.splits)
+    val_data: tuple | splits.MemorySplit | splits.StreamSplit
     cuda_deterministic: bool
     engine: dict | None = None  # params.yaml's `engine` group (None: its defaults)
 
@@ -79,9 +79,12 @@ def configure_cuda_determinism(deterministic: bool, device: torch.device) -> Non
 
 
 def load_training_run(params: dict) -> TrainingRun:
+    """The prepared train and validation splits (in memory or streamed, as prepare wrote them; a streamed one is
+    decoded by `data.workers` DataLoader workers) and the run-wide settings."""
     meta = data.load_meta(PREPARED_DIR)
-    return TrainingRun(meta, data.load_split(PREPARED_DIR, "train"), data.load_split(PREPARED_DIR, "val"),
-                       params["cuda_deterministic"], params["engine"])
+    workers = params["data"]["workers"]
+    return TrainingRun(meta, splits.open_split(PREPARED_DIR, "train", workers),
+                       splits.open_split(PREPARED_DIR, "val", workers), params["cuda_deterministic"], params["engine"])
 
 
 def train_role(spec: RoleSpec, run: TrainingRun) -> dict:
@@ -95,7 +98,8 @@ def train_role(spec: RoleSpec, run: TrainingRun) -> dict:
     configure_cuda_determinism(run.cuda_deterministic, device)
     seed_everything(spec.seed)
     if spec.build is None:
-        model_description = model_spec(spec.group["arch"], run.meta, spec.group["width"], spec.output_temperature)
+        model_description = model_spec(spec.group["arch"], run.meta, spec.group["width"], spec.output_temperature,
+                                       depth=spec.group.get("depth"))
         model = place(build_model(**model_description), device)
     else:
         model, model_description = spec.build(device)
