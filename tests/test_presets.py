@@ -57,28 +57,29 @@ SMOKE_SIZE = {"cifar10": 32, "imagenet": 128}  # ImageNet at 128 px, not 224, to
 
 
 def paper_params(name: str) -> dict:
-    from robustkd.params import SCHEMA
-
     params = load(ROOT / "params.yaml")
     if PAPER_PRESETS[name]:
         params = merge(params, load(PRESETS / PAPER_PRESETS[name]))
-    preset = load(PRESETS / name)
-    if "awp" in preset and "awp" not in SCHEMA.fields:  # the awp group comes with branch i-awp
-        assert set(preset.pop("awp")) == AWP_KEYS
-    return validate(merge(params, preset))
+    return validate(merge(params, load(PRESETS / name)))
 
 
-def one_step(model, loss_fn, x, y, group) -> None:
-    """One optimizer step of the role's own loss; the loss must be finite and the trained weights must move."""
+def one_step(model, loss_fn, x, y, group, awp: dict | None = None) -> None:
+    """One optimizer step of the role's own loss (with the preset's adversarial weight perturbation, as the training
+    loop applies it after its warm-up, where the loss takes it); the loss must be finite and the weights must move."""
+    from robustkd.awp import AWPConfig, WeightPerturbation, supports
     from robustkd.training import TrainConfig, make_optimizer
 
     model.train()
     before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(model, TrainConfig.from_params(group, 0))
-    loss, logits = loss_fn(model, x, y)
+    config = AWPConfig.from_params(awp)
+    perturbation = WeightPerturbation(model, config) if config is not None and supports(loss_fn) else None
+    loss, logits = perturbation.perturb(loss_fn, model, x, y) if perturbation else loss_fn(model, x, y)
     assert torch.isfinite(loss) and logits.shape[0] == len(y)
     optimizer.zero_grad()
     loss.backward()
+    if perturbation:
+        perturbation.restore()
     optimizer.step()
     assert any(not torch.equal(a, p) for a, p in zip(before, (p for p in model.parameters() if p.requires_grad)))
 
@@ -130,7 +131,8 @@ def test_paper_preset_models_build_train_one_step_and_attack_on_cpu(name, one_th
 
     teacher_group = role_settings(params, "teacher")
     teacher = classifier(teacher_group)
-    one_step(teacher, TEACHER_TRAININGS[method.teacher_training_for(params)](fast), x, y, teacher_group)
+    one_step(teacher, TEACHER_TRAININGS[method.teacher_training_for(params)](fast), x, y, teacher_group,
+             params["awp"])
     attack_step(teacher, x, y, params)
     surrogate_group = role_settings(params, "surrogate")
     surrogate = classifier(surrogate_group)
@@ -184,7 +186,8 @@ def test_paper_preset_models_build_train_one_step_and_attack_on_cpu(name, one_th
             built["assistant"] = group["arch"]
         group = role_settings(params, "student")
         student = classifier(group, temperature=method.output_temperature(params))
-        one_step(student, method.student_loss(fast, group, previous if method.distills else None), x, y, group)
+        one_step(student, method.student_loss(fast, group, previous if method.distills else None), x, y, group,
+                 params["awp"])
     attack_step(student, x, y, params)
     built["student"] = role_settings(params, "student")["arch"]
     expected = {  # what each seed paper's preset must contain
@@ -208,4 +211,4 @@ def test_paper_presets_say_what_they_are():
     assert imagenet["dataset"] == "imagenet" and imagenet["data"]["loader"] == "stream"
     assert imagenet["attack"]["headline_eps"] == pytest.approx(4 / 255)
     for name in ("ltd_awp_cifar10.yaml", "ltd_awp_imagenet.yaml"):
-        assert set(load(PRESETS / name)["awp"]) == AWP_KEYS and load(PRESETS / name)["awp"]["enabled"] is True
+        assert set(load(PRESETS / name)["awp"]) == AWP_KEYS and paper_params(name)["awp"]["enabled"] is True

@@ -335,6 +335,7 @@ SCHEMA = Group(
                 "teacher_evaluation": Choice(TEACHER_EVALUATIONS),
             }
         ),
+        "awp": Group({"enabled": Bool(), "gamma": Float(0.0, 1.0, min_exclusive=True), "warmup_epochs": Int(0, 10_000)}),
         "ard": Group({"kd_temperature": Float(0.0, 1e4, min_exclusive=True), "alpha": PROBABILITY}),
         "rslad": Group({"adv_weight": PROBABILITY}),
         "ltd": Group({"soft_label_temperature": Float(0.0, 1e4, min_exclusive=True),

@@ -17,6 +17,10 @@ or AMX) the training forward and loss run under bf16 autocast (``engine.bf16``);
 ``engine.bf16: false``, training is fp32. The model can be compiled (``engine.compile``, opt-in). Under
 ``torchrun`` (WORLD_SIZE > 1) the same loop trains with DistributedDataParallel (see ``robustkd.distributed``):
 each process takes an equal share of every global batch of ``batch_size`` samples, in the single-process order.
+
+Adversarial weight perturbation (params.yaml `awp`, :mod:`robustkd.awp`): for a PGD-AT, TRADES or LTD loss, from the
+end of its warm-up on, each step's loss and gradients are taken at the perturbed weights w + v, the weights are put
+back exactly, and then the optimiser steps. Without it (``awp=None``) a step is what it was before AWP existed.
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import distributed
+from .awp import AWPConfig, WeightPerturbation, supports
 from .splits import MemorySplit, StreamSplit, as_split, augment_batch, count_correct, shard, to_float  # noqa: F401
 from .errors import CheckpointError, ProjectError, ResourceError
 from .io import atomic_torch_save_sealed, load_sealed
@@ -232,6 +237,7 @@ def train(
     batch_size_param: str = "batch_size",
     engine: Engine | None = None,
     single_process_reason: str | None = None,
+    awp: AWPConfig | None = None,
 ) -> TrainResult:
     """Train ``model`` in place and return it loaded with its best-validation-accuracy weights.
 
@@ -239,10 +245,16 @@ def train(
     ``engine``: bf16 autocast and torch.compile (default: ``Engine()``: bf16 where native, no compile).
     ``single_process_reason``: why this model cannot train under DDP (the method's loss calls the model's parts
     directly); None: it can.
+    ``awp``: adversarial weight perturbation (:mod:`robustkd.awp`) from its warm-up on; ``loss_fn`` must then be a
+    loss AWP supports (PGD-AT, TRADES, LTD). None: no AWP, the loop as it was before AWP existed. The caller makes
+    ``awp`` part of ``run_id`` (robustkd.roles records it), so a resume file never mixes runs with and without it.
     Under torchrun (WORLD_SIZE > 1): DDP, each process a share of every global batch of ``cfg.batch_size``;
     only rank 0 writes the resume file and the dvclive log, and every process returns the same weights.
     """
     engine = engine or Engine()
+    if awp is not None and not supports(loss_fn):
+        raise ProjectError(f"[{role}] AWP (params.yaml `awp`) needs an adversarial-training loss (PGD-AT, TRADES, "
+                           f"LTD); {type(loss_fn).__name__} is not one")
     device = next(model.parameters()).device
     distributed.setup(device)
     world = distributed.world_size() if distributed.active() else 1
@@ -301,6 +313,8 @@ def train(
                     print(f"[{role}] resuming after epoch {start_epoch} from {resume_path}")
 
     net = _wrap_for_training(model, device, engine, world)
+    # After the wrap: the proxy copies the model as it trains (SyncBatchNorm under DDP on CUDA).
+    perturbation = WeightPerturbation(model, awp, world) if awp is not None else None
     live = None  # opened after the first epoch: nothing is written before a training step has succeeded
     # A loss with a schedule (DARHT) is told the fraction of training done before each step; it depends only on
     # (epoch, step), so a resumed run follows the same schedule.
@@ -319,11 +333,19 @@ def train(
                 group["lr"] = lr_at(cfg, epoch * steps_per_epoch + i, total_steps)
             if set_progress is not None:
                 set_progress((epoch * steps_per_epoch + i) / total_steps)
+            perturbed = perturbation is not None and awp.active(epoch)
             try:
-                with autocast_for(device, precision):
-                    loss, logits = loss_fn(net, xb, yb)
-                optimizer.zero_grad(set_to_none=True)
-                (loss if scale == 1.0 else loss * scale).backward()
+                try:
+                    with autocast_for(device, precision):
+                        if perturbed:  # the loss and its gradients at w + v (robustkd.awp)
+                            loss, logits = perturbation.perturb(loss_fn, net, xb, yb, scale)
+                        else:
+                            loss, logits = loss_fn(net, xb, yb)
+                    optimizer.zero_grad(set_to_none=True)
+                    (loss if scale == 1.0 else loss * scale).backward()
+                finally:
+                    if perturbed:
+                        perturbation.restore()  # w, bit for bit, before the optimiser step
                 optimizer.step()
             except (RuntimeError, MemoryError) as err:
                 if not is_out_of_memory(err):
