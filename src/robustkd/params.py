@@ -202,7 +202,7 @@ WIDTH = AnyOf((Choice(WIDTHS), Int(1, 4096)), "a width preset (mnist | cifar) or
 TRAINING_FIELDS: dict[str, Field] = {
     "arch": Choice(ARCHS),
     "width": WIDTH,
-    "depth": Nullable(Int(1, 1000)),  # optional: the archs that take one (None / absent: the arch's default)
+    "depth": Nullable(Int(1, 1000)),  # the archs that take one; None: the arch's default
     "epochs": Int(1, 10_000),
     "batch_size": Int(1, 1 << 16),
     "optimizer": Choice(OPTIMIZERS),
@@ -299,7 +299,7 @@ SCHEMA = Group(
                 "resize_size": Int(8, 4096),
             }
         ),
-        "training": Group(TRAINING_FIELDS, optional=frozenset({"depth"})),
+        "training": Group(TRAINING_FIELDS),
         "teacher": role_group({"training": Choice(TEACHER_TRAININGS)}),
         "assistant": role_group({"kd_lambda": PROBABILITY}),
         "student": role_group({"kd_lambda": PROBABILITY}),
