@@ -15,13 +15,13 @@ from pathlib import Path
 
 import torch
 
-from robustkd import attacks, data, evaluation, manifest, plotting, stage
+from robustkd import attacks, data, evaluation, manifest, plotting, splits, stage
 from robustkd.errors import ParamsError
 from robustkd.inference import load_clean_correct
 from robustkd.io import atomic_write_json
 from robustkd.paths import ATTACK_RESULTS_DIR, PREPARED_DIR, SURROGATE_PATH
 from robustkd.roles import load_model
-from robustkd.training import pick_device, to_float
+from robustkd.training import pick_device
 
 
 def reduced_suite(cfg: dict) -> dict:
@@ -72,31 +72,35 @@ def purification_examples(classifier, models: dict, x, y, cfg: dict, class_names
 def main(params: dict) -> None:
     cfg = params["attack"]
     meta = data.load_meta(PREPARED_DIR)
-    x_u8, y = data.load_split(PREPARED_DIR, "test")
-    n_points = len(y) if cfg["n_points"] is None else cfg["n_points"]
-    if n_points > len(y):
-        raise ParamsError(f"`attack.n_points` = {n_points}: the prepared test set has only {len(y)} images; "
-                          f"lower it or set it to null (whole test set)")
     device = pick_device()
-    x_test, y_test = to_float(x_u8).to(device), y.to(device)
+    test = splits.open_split(PREPARED_DIR, "test", params["data"]["workers"]).to(device)
+    n_test = len(test)
+    n_points = n_test if cfg["n_points"] is None else cfg["n_points"]
+    if n_points > n_test:
+        raise ParamsError(f"`attack.n_points` = {n_points}: the prepared test set has only {n_test} images; "
+                          f"lower it or set it to null (whole test set)")
+    y_test = test.labels
     # A seeded subset, stated in the results; the same points for every model and attack.
-    attack_idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg["seed"]))[:n_points].sort().values
+    attack_idx = torch.randperm(n_test, generator=torch.Generator().manual_seed(cfg["seed"]))[:n_points].sort().values
     attack_idx = attack_idx.to(device)
+    # The attacked images only (a streamed test set is never held whole); clean accuracy over the whole test set
+    # comes from the predict stage.
+    x_att, y_att = test.take(attack_idx), y_test[attack_idx]
     surrogate, _ = load_model(SURROGATE_PATH)
     with attacks.frozen(surrogate):
-        transfer_adv = evaluation.craft_transfer(surrogate, x_test[attack_idx], y_test[attack_idx], cfg)
+        transfer_adv = evaluation.craft_transfer(surrogate, x_att, y_att, cfg)
 
     models = manifest.evaluated_models()
     paths = {name: Path(evaluated["checkpoint"]) for name, evaluated in models.items()}
     sources = {name: paths[name] for name, evaluated in models.items() if evaluated.get("transfer_source")}
-    from_sources = craft_on_sources(sources, x_test[attack_idx], y_test[attack_idx], cfg)
+    from_sources = craft_on_sources(sources, x_att, y_att, cfg)
     classifiers = {evaluated["classifier"] for evaluated in models.values() if "classifier" in evaluated}
     on_classifier, purified = None, {}  # purified: the models with a purifier, for the picture
     if classifiers:  # the paper's protocol, crafted once on the bare classifier
         (classifier_name,) = classifiers
         classifier, _ = load_model(paths[classifier_name])
         with attacks.frozen(classifier):
-            on_classifier = evaluation.craft_on_classifier(classifier, x_test[attack_idx], y_test[attack_idx], cfg)
+            on_classifier = evaluation.craft_on_classifier(classifier, x_att, y_att, cfg)
 
     shutil.rmtree(ATTACK_RESULTS_DIR, ignore_errors=True)
     examples = {}
@@ -106,13 +110,13 @@ def main(params: dict) -> None:
         if hasattr(model, "purifier"):
             purified[name] = model
         reduced = suite_of(models[name], params) == "reduced"
-        clean_correct = load_clean_correct(name, path, meta["files"]["test.pt"], y_test)
+        clean_correct = load_clean_correct(name, path, splits.split_digest(meta, "test"), y_test)
         with attacks.frozen(model):
-            result = evaluation.evaluate(model, name, x_test, y_test, attack_idx, reduced_suite(cfg) if reduced else cfg,
+            result = evaluation.evaluate(model, name, None, y_test, attack_idx, reduced_suite(cfg) if reduced else cfg,
                                          transfer_adv, on_classifier, extra_transfer=from_sources,
-                                         clean_correct=clean_correct)
+                                         clean_correct=clean_correct, x_attacked=x_att)
             if n_ex and on_classifier is None:
-                xe, ye = x_test[attack_idx[:n_ex]], y_test[attack_idx[:n_ex]]
+                xe, ye = x_att[:n_ex], y_att[:n_ex]
                 eps = cfg["headline_eps"]
                 x_adv = attacks.pgd(model, xe, ye, eps=eps, steps=cfg["pgd"]["steps"],
                                     step_size=cfg["pgd"]["step_size_ratio"] * eps, loss="margin",
@@ -127,10 +131,9 @@ def main(params: dict) -> None:
     atomic_write_json(ATTACK_RESULTS_DIR / "index.json", {"models": list(paths)})
     if n_ex and on_classifier is not None:
         with attacks.frozen(classifier):
-            purification_examples(classifier, purified, x_test[attack_idx[:n_ex]], y_test[attack_idx[:n_ex]], cfg,
-                                  meta["class_names"])
+            purification_examples(classifier, purified, x_att[:n_ex], y_att[:n_ex], cfg, meta["class_names"])
     elif n_ex:
-        plotting.adversarial_grid(x_test[attack_idx[:n_ex]].cpu(), y_test[attack_idx[:n_ex]].cpu(), examples,
+        plotting.adversarial_grid(x_att[:n_ex].cpu(), y_att[:n_ex].cpu(), examples,
                                   meta["class_names"], cfg["headline_eps"], Path("plots/adversarial_examples.png"))
 
 

@@ -8,7 +8,7 @@ from robustkd.roles import load_training_run
 
 
 def main(params: dict) -> None:
-    method_for(params).train_student(params, load_training_run(params))
+    method_for(params).train_student(params, load_training_run(params, awp=True))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ LIVE_NOTE = "purifiers.json"  # git drops empty folders, and DVC would then see 
 
 
 def main(params: dict) -> None:
-    run = load_training_run(params)
+    run = load_training_run(params, awp=True)  # a PGD-AT / TRADES teacher gets AWP when `awp.enabled`
     method = method_for(params)
     training = method.teacher_training_for(params)
     distributed.on_main(clear_extras)  # under torchrun, files are written by rank 0 only

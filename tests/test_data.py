@@ -37,11 +37,11 @@ def fashion(tmp_path, no_system_data):
 # ---------------------------------------------------------------- registry
 
 def test_registry_and_unknown_name(tmp_path):
-    assert set(data.DATASETS) == {"fashion_mnist", "mnist", "cifar10", "cifar100", "tinyimagenet"}
+    assert set(data.DATASETS) == {"fashion_mnist", "mnist", "cifar10", "cifar100", "tinyimagenet", "imagenet"}
     assert data.DATASETS["tinyimagenet"] == data.DatasetSpec("tinyimagenet", 200, 3, 64)
     assert data.DATASETS["fashion_mnist"] == data.DatasetSpec("fashion_mnist", 10, 1, 28)
-    with pytest.raises(DataError, match=r"dataset.*'imagenet'.*fashion_mnist.*tinyimagenet"):
-        data.load_raw("imagenet", tmp_path)
+    with pytest.raises(DataError, match=r"dataset.*'imagenet21k'.*fashion_mnist.*tinyimagenet"):
+        data.load_raw("imagenet21k", tmp_path)
 
 
 # ---------------------------------------------------------------- IDX

@@ -103,6 +103,20 @@ def test_adversarial_loss_trains_under_ddp(tmp_path):
     assert info["history"][-1]["train_loss"] < info["history"][0]["train_loss"]
 
 
+@pytest.mark.cross_processor
+def test_awp_under_ddp_matches_one_process(tmp_path):
+    """Adversarial weight perturbation under DDP: each process's proxy gradient (its share of the batch) is averaged
+    over the processes before the rescaling, so both apply the single process's perturbation and end with its
+    weights (fp32, the loop's tolerance); without that average each would perturb along its own share."""
+    _run([sys.executable, WORKER, tmp_path / "single", "ce_awp", "32", "0"])
+    _run(torchrun(WORKER, tmp_path / "ddp", "ce_awp", "32", "0"))
+    single, single_info = trained(tmp_path / "single")
+    ddp, ddp_info = trained(tmp_path / "ddp")
+    assert ddp_info["world_size"] == 2 and ddp_info["ranks_agree"]
+    assert relative_l2_gap(ddp, single) < FP32_REL_L2
+    assert ddp_info["best_epoch"] == single_info["best_epoch"]
+
+
 def test_batch_size_must_split_evenly_across_processes():
     distributed.check_batch_size(32, 200, "teacher.batch_size", world=2)  # 16 + 16, last batch 4 + 4
     with pytest.raises(ParamsError, match=r"`teacher.batch_size` = 33: not divisible by the 2 processes .*e\.g\. 32 or 34"):

@@ -29,7 +29,7 @@ def test_shipped_params_are_valid():
 
 
 @pytest.mark.parametrize("path,value,expected", [
-    ("dataset", "imagenet", "`dataset` = 'imagenet': unknown; allowed: fashion_mnist, mnist, cifar10"),
+    ("dataset", "imagenet21k", "`dataset` = 'imagenet21k': unknown; allowed: fashion_mnist, mnist, cifar10"),
     ("teacher.arch", "resnet19", "did you mean 'resnet18'"),
     ("method", "distillation", "did you mean 'defensive_distillation'?"),
     ("temperature", 0, "`temperature` = 0: out of range"),

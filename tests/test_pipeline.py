@@ -36,6 +36,7 @@ def test_outputs_and_metrics_schema(repo):
                 assert m["worst_case"][key] <= acc, (attack, key)
         assert m["gradient_masking"] in (0, 1) and isinstance(m["masking_codes"], str)
         assert all("." not in k for k in m)  # flat keys for `dvc metrics diff`
+        assert m["awp"] == 0 and m["awp_gamma"] is None  # `awp.enabled: false`: no model records AWP
     for name, m in metrics.items():  # clean accuracy is the predict stage's, read by the attack stage
         record = json.loads((repo / "results" / "predict" / f"{name}.json").read_text())
         assert len(record["predictions"]) == record["n_test"] == m["n_test"]
@@ -121,20 +122,26 @@ def test_plots_show_writes_html(repo):
 
 
 def test_exp_run_robust_distillation_method_end_to_end(repo):
-    """`dvc exp run -S method=ltd`: an adversarially trained teacher, no assistant chain (chain_length is
-    ignored), a student that keeps its temperature, the full evaluation; prepare and surrogate are reused."""
-    out = run(["dvc", "exp", "run", "-S", "method=ltd", "-S", "ltd.output_temperature=2.0"], repo)
+    """`dvc exp run -S method=ltd -S awp.enabled=true`: an adversarially trained teacher, no assistant chain
+    (chain_length is ignored), a student that keeps its temperature, both trained with adversarial weight
+    perturbation, the full evaluation, AWP recorded in metrics.json; prepare and surrogate are reused."""
+    ltd = ["-S", "method=ltd", "-S", "ltd.output_temperature=2.0", "-S", "awp.enabled=true"]
+    out = run(["dvc", "exp", "run", *ltd], repo)
     assert stages_run(out.stdout) == CHECK | {"teacher", "assistant", "student", "predict", "attack", "metrics"} | DARHT_STAGES
+    assert "[student] adversarial weight perturbation: gamma 0.005, from epoch 1" in out.stdout
     metrics = json.loads((repo / "metrics.json").read_text())
     assert set(metrics) == {"teacher", "student"} and metrics["student"]["method"] == "ltd"
     teacher = json.loads((repo / "results" / "attack" / "teacher.json").read_text())["info"]
     student = json.loads((repo / "results" / "attack" / "student.json").read_text())["info"]
     assert teacher["training"] == "pgd_at" and teacher["loss_params"]["train_attack"]["eps"] == 0.1
     assert student["distilled_from"] == "teacher" and student["output_temperature"] == 2.0
+    for name, info in (("teacher", teacher), ("student", student)):  # PGD-AT and LTD: both with AWP
+        assert info["awp"] == {"enabled": True, "gamma": 0.005, "warmup_epochs": 0}
+        assert (metrics[name]["awp"], metrics[name]["awp_gamma"], metrics[name]["awp_warmup_epochs"]) == (1, 0.005, 0)
     timing = json.loads((repo / "timing.json").read_text())
     assert set(timing["train_seconds"]) == {"teacher", "student"} and timing["train_seconds_total"] > 0
     # a robust-training setting reruns training; the attack settings alone would not
-    out = run(["dvc", "exp", "run", "-S", "method=ltd", "-S", "ltd.output_temperature=2.0", "-S", "ltd.beta=1.0"], repo)
+    out = run(["dvc", "exp", "run", *ltd, "-S", "ltd.beta=1.0"], repo)
     assert stages_run(out.stdout) == CHECK | {"student", "predict", "attack", "metrics"}
     run(["git", "checkout", "params.yaml"], repo)
     run(["dvc", "checkout"], repo)

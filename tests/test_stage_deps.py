@@ -56,6 +56,7 @@ def test_stage_deps_cover_the_modules_its_script_imports(name):
 
 
 def test_attack_settings_do_not_rerun_predict():
-    """Clean predictions read only `attack.batch_size`, so any other attack change reruns attack and metrics."""
-    assert stage_body("predict")["params"] == ["attack.batch_size"]
+    """Clean predictions read only `attack.batch_size` (and `data.workers`, which decode a streamed test set), so
+    any other attack change reruns attack and metrics."""
+    assert stage_body("predict")["params"] == ["attack.batch_size", "data.workers"]
     assert "results/predict" in stage_body("attack")["deps"]

@@ -205,7 +205,8 @@ def models_table(metrics: dict, headline_eps: float) -> str:
     lines = [_row(["model", "train T", *labelled(METRIC_COLUMNS, metrics.values())]),
              "|" + "---|" * (2 + len(METRIC_COLUMNS))]
     for name, m in sorted(metrics.items(), key=lambda kv: chain_position(kv[0])):
-        lines.append(_row([name, f"{m['train_temperature']:g}", *metric_cells(m, key)]))
+        label = f"{name} (AWP γ={m['awp_gamma']:g})" if m.get("awp") else name  # trained with AWP (robustkd.awp)
+        lines.append(_row([label, f"{m['train_temperature']:g}", *metric_cells(m, key)]))
     return "\n".join(lines)
 
 

@@ -44,6 +44,8 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec("cifar10", 10, 3, 32),
         DatasetSpec("cifar100", 100, 3, 32),
         DatasetSpec("tinyimagenet", 200, 3, 64),
+        # Streamed (robustkd.imagefolder): 1000 classes, images cropped to `data.image_size` (default 224).
+        DatasetSpec("imagenet", 1000, 3, 224),
     )
 }
 
@@ -150,6 +152,9 @@ def load_raw(name: str, raw_dir: Path, download: bool = False) -> RawData:
     """Read the official raw files of dataset ``name`` under ``raw_dir`` (downloading them first if asked)."""
     spec = get_spec(name)
     raw_dir = Path(raw_dir)
+    if name == "imagenet":
+        raise DataError("imagenet: no in-memory loader (1.28M images do not fit in memory); it is streamed from its "
+                        "image files: `data.loader: auto` or `stream` (docs/data.md).")
     loader = {"fashion_mnist": _load_idx_dataset, "mnist": _load_idx_dataset, "cifar10": _load_cifar,
               "cifar100": _load_cifar, "tinyimagenet": _load_tinyimagenet}[name]
     raw = loader(name, raw_dir, download)
@@ -487,34 +492,42 @@ def _channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
     return means, stds
 
 
-def prepare(name: str, raw_dir: Path, out_dir: Path, val_size: int, seed: int, download: bool = False,
-            train_subset: int | None = None, test_subset: int | None = None) -> dict:
-    """Split raw data into train/val/test .pt files plus meta.json in ``out_dir``; return the meta dict."""
-    spec = get_spec(name)
+def check_split_sizes(val_size: int, seed: int, train_subset: int | None, test_subset: int | None) -> None:
+    """The split params' types and lower bounds, before any raw data is read."""
     _check_int(val_size, "data.val_size", 1, 2**62)
     _check_int(seed, "seed", 0, 2**63 - 1)
     for param, v in (("data.train_subset", train_subset), ("data.test_subset", test_subset)):
         if v is not None:
             _check_int(v, param, 1, 2**62)
-    raw = load_raw(name, Path(raw_dir), download=download)
-    n_train, n_test = len(raw.train_y), len(raw.test_y)
+
+
+def split_indices(n_train: int, n_test: int, val_size: int, seed: int, train_subset: int | None = None,
+                  test_subset: int | None = None) -> dict[str, tuple[str, torch.Tensor]]:
+    """{split: (raw split it is drawn from, sorted indices)}: validation carved from the raw training set and an
+    optional seeded subsample of each (the same draw for every dataset, in memory or streamed)."""
     _check_int(val_size, "data.val_size", 1, n_train - 1)
     if train_subset is not None:
         _check_int(train_subset, "data.train_subset", 1, n_train - val_size)
     if test_subset is not None:
         _check_int(test_subset, "data.test_subset", 1, n_test)
-
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(n_train, generator=g)
     # perm is uniformly random, so its first train_subset entries after the val part are a seeded subsample.
     val_idx = perm[:val_size].sort().values
     train_idx = perm[val_size:val_size + (train_subset or n_train)].sort().values
     test_idx = torch.arange(n_test) if test_subset is None else torch.randperm(n_test, generator=g)[:test_subset].sort().values
-    splits = {
-        "train": (raw.train_x[train_idx], raw.train_y[train_idx]),
-        "val": (raw.train_x[val_idx], raw.train_y[val_idx]),
-        "test": (raw.test_x[test_idx], raw.test_y[test_idx]),
-    }
+    return {"train": ("train", train_idx), "val": ("train", val_idx), "test": ("test", test_idx)}
+
+
+def prepare(name: str, raw_dir: Path, out_dir: Path, val_size: int, seed: int, download: bool = False,
+            train_subset: int | None = None, test_subset: int | None = None) -> dict:
+    """Split raw data into train/val/test .pt files plus meta.json in ``out_dir``; return the meta dict."""
+    spec = get_spec(name)
+    check_split_sizes(val_size, seed, train_subset, test_subset)
+    raw = load_raw(name, Path(raw_dir), download=download)
+    picks = split_indices(len(raw.train_y), len(raw.test_y), val_size, seed, train_subset, test_subset)
+    source = {"train": (raw.train_x, raw.train_y), "test": (raw.test_x, raw.test_y)}
+    splits = {split: (source[s][0][idx], source[s][1][idx]) for split, (s, idx) in picks.items()}
     out_dir = Path(out_dir)
     # All three files at once, before the first is written (each save also checks its own exact size).
     ensure_free_space(out_dir, sum(x.nbytes + y.nbytes for x, y in splits.values()))

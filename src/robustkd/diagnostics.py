@@ -159,6 +159,11 @@ def summarise(result: dict, thresholds: dict) -> dict:
         "method": info["method"],
         "train_temperature": info["temperature"],
         "train_precision": info.get("train_precision"),  # bf16-autocast | fp32; null: a checkpoint older than the field
+        # Adversarial weight perturbation (robustkd.awp): 1 = trained with it, with its γ and warm-up epochs; 0 and nulls
+        # for a model trained without it (or written before AWP existed).
+        "awp": int(bool(info.get("awp"))),
+        "awp_gamma": (info.get("awp") or {}).get("gamma"),
+        "awp_warmup_epochs": (info.get("awp") or {}).get("warmup_epochs"),
         "n_test": result["n_test"],
         "n_attacked": result["n_attacked"],
         "autoattack_version": result.get("autoattack_version"),  # standard | custom (the quick subset; labelled so)

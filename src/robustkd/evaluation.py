@@ -161,7 +161,8 @@ def _sync(device: torch.device) -> None:
 def evaluate(model: nn.Module, name: str, x_test: torch.Tensor, y_test: torch.Tensor, attack_idx: torch.Tensor,
              cfg: dict, transfer_adv: dict[str, torch.Tensor], on_classifier: dict | None = None,
              extra_transfer: dict[str, dict[str, torch.Tensor]] | None = None,
-             stopwatch: Stopwatch | None = None, clean_correct: torch.Tensor | None = None) -> dict:
+             stopwatch: Stopwatch | None = None, clean_correct: torch.Tensor | None = None,
+             x_attacked: torch.Tensor | None = None) -> dict:
     """The whole suite on one model. ``x_test`` is float in [0,1]; ``attack_idx`` selects the attacked points.
 
     ``on_classifier`` (purification): examples from :func:`craft_on_classifier`, evaluated as extra attacks.
@@ -171,15 +172,17 @@ def evaluate(model: nn.Module, name: str, x_test: torch.Tensor, y_test: torch.Te
     ``stopwatch``: records the seconds of each part (clean accuracy, each attack, sensitivity).
     ``clean_correct``: bool per test point, the model's clean correctness as the predict stage recorded it
     (:func:`robustkd.inference.load_clean_correct`); None: computed here, one forward pass over ``x_test``.
+    ``x_attacked``: the attacked images, ``x_test[attack_idx]``, when the caller holds only those (a streamed test
+    set); ``x_test`` may then be None, and ``clean_correct`` must be given.
     """
     bs = cfg["batch_size"]
     model.eval()
-    timed = ((lambda part: stopwatch.part(part, x_test.device)) if stopwatch is not None
+    timed = ((lambda part: stopwatch.part(part, y_test.device)) if stopwatch is not None
              else (lambda part: contextlib.nullcontext()))
     if clean_correct is None:
         with timed("clean"):
             clean_correct = predict(model, x_test, bs) == y_test
-    x, y = x_test[attack_idx], y_test[attack_idx]
+    x, y = (x_test[attack_idx] if x_attacked is None else x_attacked), y_test[attack_idx]
     pgd_cfg = cfg["pgd"]
     cascade = {a: cascades(a, cfg) for a in CASCADE_BEFORE}  # recorded: which attacks got only the survivors
     cascade_exact = {a: cascade_is_exact(a, cfg) for a in CASCADE_BEFORE}  # ... and whether that changes no point

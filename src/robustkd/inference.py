@@ -29,6 +29,13 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
 
 
+@torch.no_grad()
+def predict_split(model: nn.Module, split, batch_size: int) -> torch.Tensor:
+    """The model's label for each image of a split (robustkd.splits: in memory or streamed), in order."""
+    out = [model(xb).argmax(1) for xb, _ in split.batches(batch_size)]
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=split.labels.device)
+
+
 def predictions_path(name: str) -> Path:
     return PREDICTIONS_DIR / f"{name}.json"
 

@@ -6,6 +6,9 @@ the clean batch when the loss computes them, else on the adversarial batch (PGD-
 Teachers are frozen and queried in eval mode on the clean batch. Adversarial examples come from
 :func:`robustkd.adversarial.maximise` (model mode while crafting: ``train_attack.mode``).
 KL terms are batch means of the per-sample KL (``reduction="batchmean"``), the true KL divergence.
+PGD-AT, TRADES and LTD come in two parts (:class:`AdversarialObjective`: ``prepare`` crafts, ``objective`` is the
+loss given what was crafted), so adversarial weight perturbation (:mod:`robustkd.awp`) can take the same objective
+at other weights; calling one runs the two in a row, the same operations as before the split.
 """
 from __future__ import annotations
 
@@ -67,14 +70,31 @@ def _frozen_logits(teacher: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return teacher(x)
 
 
-class PGDAT:
+class AdversarialObjective:
+    """A loss in two parts, so that adversarial weight perturbation (:mod:`robustkd.awp`) can evaluate the same
+    objective at other weights: ``prepare`` crafts what the step keeps fixed (the adversarial batch, a teacher's soft
+    labels), ``objective`` is the loss given it. Calling the loss runs the two in a row."""
+
+    def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+        raise NotImplementedError
+
+    def objective(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, prepared):
+        raise NotImplementedError
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+        return self.objective(model, x, y, self.prepare(model, x, y))
+
+
+class PGDAT(AdversarialObjective):
     """Madry et al. 2018: CE(f(x_adv), y), x_adv = PGD on the CE from a uniform random start."""
 
     def __init__(self, attack: InnerAttack):
         self.attack = attack
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
-        x_adv = maximise(model, x, lambda z: F.cross_entropy(z, y), self.attack)
+    def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return maximise(model, x, lambda z: F.cross_entropy(z, y), self.attack)
+
+    def objective(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor):
         logits = model(x_adv)
         return F.cross_entropy(logits, y), logits
 
@@ -90,14 +110,16 @@ def _trades_adversarial(model: nn.Module, x: torch.Tensor, attack: InnerAttack) 
     return maximise(model, x, lambda z: kl(clean, z), attack)
 
 
-class TRADES:
+class TRADES(AdversarialObjective):
     """Zhang et al. 2019: CE(f(x), y) + β·KL(f(x) ‖ f(x_adv)); β = 0 is plain CE."""
 
     def __init__(self, attack: InnerAttack, beta: float):
         self.attack, self.beta = attack, float(beta)
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
-        x_adv = _trades_adversarial(model, x, self.attack)
+    def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return _trades_adversarial(model, x, self.attack)
+
+    def objective(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor):
         logits = model(x)
         loss = F.cross_entropy(logits, y)
         if self.beta:
@@ -145,7 +167,7 @@ class RSLAD:
         return loss, logits
 
 
-class LTD:
+class LTD(AdversarialObjective):
     """Chen & Lee 2021, combined with TRADES as the paper does:
     KL(softmax(t(x)/τ_t) ‖ softmax(s(x))) + β·KL(s(x) ‖ s(x_adv)).
 
@@ -158,9 +180,12 @@ class LTD:
         self.teacher = teacher.eval().requires_grad_(False)
         self.attack, self.teacher_temperature, self.beta = attack, float(teacher_temperature), float(beta)
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+    def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
         soft_labels = _frozen_logits(self.teacher, x) / self.teacher_temperature
-        x_adv = _trades_adversarial(model, x, self.attack)
+        return soft_labels, _trades_adversarial(model, x, self.attack)
+
+    def objective(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, prepared):
+        soft_labels, x_adv = prepared
         logits = model(x)
         loss = kl(soft_labels, logits)
         if self.beta:

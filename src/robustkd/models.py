@@ -238,6 +238,57 @@ def vit_small(channels: int, size: int, width: str | int = "mnist", depth: int |
     return VisionTransformer(channels, size, dim, n, max(1, dim // 32), patch=4), dim
 
 
+class _WideBlock(nn.Module):
+    """Pre-activation basic block of a wide ResNet (Zagoruyko & Komodakis 2016), as in the TRADES / AWP / LTD code:
+    BN-ReLU-conv3x3-BN-ReLU-conv3x3; a 1x1 projection of the activated input when the width or stride changes."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.shortcut = None if stride == 1 and c_in == c_out else nn.Conv2d(c_in, c_out, 1, stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(x))
+        y = self.conv2(torch.relu(self.bn2(self.conv1(out))))
+        return y + (x if self.shortcut is None else self.shortcut(out))
+
+
+def wide_resnet(channels: int, size: int, width: str | int = "mnist", depth: int | None = None) -> tuple[nn.Module, int]:
+    """WRN-``depth``-``width`` (Zagoruyko & Komodakis 2016): a 3x3 stem to 16 channels, three stages of
+    (depth - 4) / 6 pre-activation blocks with 16·k, 32·k, 64·k channels (strides 1, 2, 2), BN-ReLU, global average
+    pooling. ``width`` is the widening factor k. Defaults: WRN-34-10 (the TRADES / AWP / LTD CIFAR model);
+    width "cifar" = k 20 (WRN-34-20)."""
+    k, d = _int_width(width, 10), 34 if depth is None else depth
+    if d < 10 or (d - 4) % 6:
+        raise ValueError(f"wide ResNet depth must be 6·n + 4 with n >= 1 (e.g. 16, 28, 34), got {d!r}")
+    n = (d - 4) // 6
+    layers: list[nn.Module] = [nn.Conv2d(channels, 16, 3, 1, 1, bias=False)]
+    c_in = 16
+    for stage, c_out in enumerate((16 * k, 32 * k, 64 * k)):
+        for i in range(n):
+            layers.append(_WideBlock(c_in, c_out, 2 if stage and i == 0 else 1))
+            c_in = c_out
+    layers += [nn.BatchNorm2d(c_in), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return nn.Sequential(*layers), c_in
+
+
+def resnet50(channels: int, size: int, width: str = "mnist", depth: int | None = None) -> tuple[nn.Module, int]:
+    """torchvision ResNet-50, built without weights (nothing is downloaded): the ImageNet stem (7x7 stride-2 conv,
+    max-pool) for images larger than 64 px, the CIFAR stem (3x3 stride 1, no max-pool) for smaller ones."""
+    import torchvision
+
+    net = torchvision.models.resnet50(weights=None)
+    if size <= 64 or channels != 3:
+        net.conv1 = nn.Conv2d(channels, 64, 3, 1 if size <= 64 else 2, 1, bias=False)
+        if size <= 64:
+            net.maxpool = nn.Identity()
+    net.fc = nn.Identity()
+    return net, 2048
+
+
 ARCHITECTURES: dict[str, Callable[..., tuple[nn.Module, int]]] = {
     "papernot_cnn": papernot_cnn,
     "lenet": lenet,
@@ -246,6 +297,8 @@ ARCHITECTURES: dict[str, Callable[..., tuple[nn.Module, int]]] = {
     "resnet_small": resnet_small,
     "mobilenetv2_small": mobilenetv2_small,
     "vit_small": vit_small,
+    "wide_resnet": wide_resnet,
+    "resnet50": resnet50,
 }
 
 

@@ -18,8 +18,13 @@ import yaml
 from .errors import ParamsError
 from .method_names import METHOD_NAMES
 
-ARCHS = ("papernot_cnn", "lenet", "resnet18", "mobilenetv2", "resnet_small", "mobilenetv2_small", "vit_small")
-DATASET_NAMES = ("fashion_mnist", "mnist", "cifar10", "cifar100", "tinyimagenet")
+ARCHS = ("papernot_cnn", "lenet", "resnet18", "mobilenetv2", "resnet_small", "mobilenetv2_small", "vit_small",
+         "wide_resnet", "resnet50")
+DATASET_NAMES = ("fashion_mnist", "mnist", "cifar10", "cifar100", "tinyimagenet", "imagenet")
+# data.loader (robustkd.splits): auto = stream for the datasets too large for memory, memory for the others
+DATA_LOADERS = ("auto", "memory", "stream")
+STREAM_DATASETS = ("imagenet", "tinyimagenet")  # stored as image files: the only ones the stream path reads
+STREAM_ONLY = ("imagenet",)                       # no in-memory path
 PURIFIER_ARCHS = ("cae", "identity")
 TEACHER_TRAININGS = ("auto", "natural", "temperature_ce", "pgd_at", "trades")
 OPTIMIZERS = ("sgd", "adam")
@@ -190,10 +195,14 @@ PROBABILITY = Float(0.0, 1.0)
 EPS = Float(0.0, 1.0)
 
 
+PRESET_WIDTH_ARCHS = ("papernot_cnn", "lenet", "resnet18", "mobilenetv2", "resnet50")  # width: a preset name only
+WIDTH = AnyOf((Choice(WIDTHS), Int(1, 4096)), "a width preset (mnist | cifar) or an integer in [1, 4096]")
+
 # The settings every trained role shares: given once in the `training` group, overridden per role.
 TRAINING_FIELDS: dict[str, Field] = {
     "arch": Choice(ARCHS),
-    "width": Choice(WIDTHS),
+    "width": WIDTH,
+    "depth": Nullable(Int(1, 1000)),  # the archs that take one; None: the arch's default
     "epochs": Int(1, 10_000),
     "batch_size": Int(1, 1 << 16),
     "optimizer": Choice(OPTIMIZERS),
@@ -220,11 +229,9 @@ def purifier_group(extra: dict[str, Field]) -> Group:
     """A trained purifier (method purification): a purifier architecture and its size (required: the shared
     `training.arch` is a classifier), its own keys, and any training field to override `training`."""
     return role_group({"arch": Choice(PURIFIER_ARCHS), "width": Int(1, 4096), "depth": Int(1, 8), **extra},
-                      required=("arch", "width"))
+                      required=("arch", "width", "depth"))
 
 
-PRESET_WIDTH_ARCHS = ("papernot_cnn", "lenet", "resnet18", "mobilenetv2")  # width: a preset name only
-WIDTH = AnyOf((Choice(WIDTHS), Int(1, 4096)), "a width preset (mnist | cifar) or an integer in [1, 4096]")
 DARHT_TEACHER_OVERRIDES = ("epochs", "batch_size", "lr")  # a pool member may set these for itself
 
 # One DARHT teacher: its architecture, size and training; optional keys override `darht.teacher_training`.
@@ -233,13 +240,16 @@ DARHT_TEACHER = Group(
         "use": Bool(),
         "arch": Choice(ARCHS),
         "width": WIDTH,
-        "depth": Nullable(Int(1, 64)),
+        "depth": Nullable(Int(1, 1000)),
         "training": Choice(DARHT_TEACHER_TRAININGS),
         "seed": Int(0, 2**20),
         **{k: TRAINING_FIELDS[k] for k in DARHT_TEACHER_OVERRIDES},
     },
     optional=frozenset({"depth", *DARHT_TEACHER_OVERRIDES}),
 )
+
+
+MEMBER_MODEL_KEYS = ("arch", "width", "depth")  # a DARHT pool member's own model, never shared
 
 
 def role_settings(params: dict, role: str) -> dict:
@@ -283,6 +293,10 @@ SCHEMA = Group(
                 "download": Bool(),
                 "train_subset": Nullable(Int(1)),
                 "test_subset": Nullable(Int(1)),
+                "loader": Choice(DATA_LOADERS),
+                "workers": Int(0, 256),
+                "image_size": Int(8, 4096),
+                "resize_size": Int(8, 4096),
             }
         ),
         "training": Group(TRAINING_FIELDS),
@@ -310,8 +324,8 @@ SCHEMA = Group(
         "darht": Group(
             {
                 "pool": MapOf(DARHT_TEACHER),
-                "teacher_training": Group({k: v for k, v in TRAINING_FIELDS.items() if k not in ("arch", "width")},
-                                          optional=frozenset(k for k in TRAINING_FIELDS if k not in ("arch", "width"))),
+                "teacher_training": Group({k: v for k, v in TRAINING_FIELDS.items() if k not in MEMBER_MODEL_KEYS},
+                                          optional=frozenset(k for k in TRAINING_FIELDS if k not in MEMBER_MODEL_KEYS)),
                 "kd_loss": Choice(DARHT_KD_LOSSES),
                 "kd_temperature": Float(0.0, 1e4, min_exclusive=True),
                 "adversarial_prob": PROBABILITY,
@@ -321,6 +335,7 @@ SCHEMA = Group(
                 "teacher_evaluation": Choice(TEACHER_EVALUATIONS),
             }
         ),
+        "awp": Group({"enabled": Bool(), "gamma": Float(0.0, 1.0, min_exclusive=True), "warmup_epochs": Int(0, 10_000)}),
         "ard": Group({"kd_temperature": Float(0.0, 1e4, min_exclusive=True), "alpha": PROBABILITY}),
         "rslad": Group({"adv_weight": PROBABILITY}),
         "ltd": Group({"soft_label_temperature": Float(0.0, 1e4, min_exclusive=True),
@@ -395,10 +410,29 @@ def _cross_checks(p: dict) -> list[str]:
         errors.append(f"`darht.ce_kd_from` = {darht['ce_kd_from']!r} is after `darht.kd_only_from` = "
                       f"{darht['kd_only_from']!r}: the schedule is CE only, then CE + KD, then KD only; "
                       f"set ce_kd_from <= kd_only_from")
-    for name, t in darht["pool"].items():
+    models = {f"darht.pool.{name}": t for name, t in darht["pool"].items()}
+    models.update({group: role_settings(p, group) for group in ("teacher", "assistant", "student", "surrogate")})
+    for group, t in models.items():
+        width_key = setting_key(p, group, "width") if group in p else f"{group}.width"
+        depth_key = setting_key(p, group, "depth") if group in p else f"{group}.depth"
         if t["arch"] in PRESET_WIDTH_ARCHS and not isinstance(t["width"], str):
-            errors.append(f"`darht.pool.{name}.width` = {t['width']!r}: arch {t['arch']} takes a width preset "
+            errors.append(f"`{width_key}` = {t['width']!r}: arch {t['arch']} takes a width preset "
                           f"({' | '.join(WIDTHS)}); integer widths are for {', '.join(a for a in ARCHS if a not in PRESET_WIDTH_ARCHS)}")
+        depth = t.get("depth")
+        if t["arch"] == "wide_resnet" and depth is not None and (depth < 10 or (depth - 4) % 6):
+            errors.append(f"`{depth_key}` = {depth!r}: a wide ResNet's depth is 6·n + 4 with n >= 1 blocks per stage "
+                          f"(e.g. 16, 28, 34, 40)")
+    data = p["data"]
+    if data["loader"] == "memory" and p["dataset"] in STREAM_ONLY:
+        errors.append(f"`data.loader` = memory: dataset {p['dataset']} does not fit in memory and has no in-memory "
+                      f"path; set `data.loader: stream` (or auto)")
+    if data["loader"] == "stream" and p["dataset"] not in STREAM_DATASETS:
+        errors.append(f"`data.loader` = stream: dataset {p['dataset']} comes as binary batches, not image files; the "
+                      f"stream path reads {', '.join(STREAM_DATASETS)}. Set `data.loader: auto` (or memory)")
+    if data["resize_size"] < data["image_size"]:
+        errors.append(f"`data.resize_size` = {data['resize_size']} is smaller than `data.image_size` = "
+                      f"{data['image_size']}: evaluation resizes the shorter side to resize_size, then center-crops "
+                      f"image_size")
     if p["method"] == "darht" and not any(t["use"] for t in darht["pool"].values()):
         errors.append(f"`darht.pool`: method darht needs at least one teacher with `use: true`; none of "
                       f"{', '.join(darht['pool'])} has it")

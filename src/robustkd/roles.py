@@ -11,7 +11,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from . import data, distributed
+from . import awp as awp_module
+from . import data, distributed, splits
 from .io import atomic_write_json, sha256_file
 from .models import build_model, load_checkpoint, model_spec, place, save_checkpoint
 from .paths import PREPARED_DIR, RESUME_DIR, TIMING_DIR
@@ -22,10 +23,11 @@ from .training import Engine, LossFn, TrainConfig, pick_device, train
 class TrainingRun:
     """What every role of a stage shares: the prepared data and the run-wide settings."""
     meta: dict
-    train_data: tuple
-    val_data: tuple
+    train_data: tuple | splits.MemorySplit | splits.StreamSplit  # an (x, y) pair or a split (robustkd.splits)
+    val_data: tuple | splits.MemorySplit | splits.StreamSplit
     cuda_deterministic: bool
     engine: dict | None = None  # params.yaml's `engine` group (None: its defaults)
+    awp: dict | None = None     # params.yaml's `awp` group, for the stages that read it (None: no AWP)
 
 
 @dataclass(frozen=True)
@@ -78,10 +80,22 @@ def configure_cuda_determinism(deterministic: bool, device: torch.device) -> Non
         torch.backends.cudnn.benchmark = True
 
 
-def load_training_run(params: dict) -> TrainingRun:
+def load_training_run(params: dict, awp: bool = False) -> TrainingRun:
+    """The prepared train and validation splits (in memory or streamed, as prepare wrote them; a streamed one is
+    decoded by `data.workers` DataLoader workers) and run-wide settings; ``awp``: the stage reads params.yaml's `awp`
+    group (dvc.yaml lists it for that stage), and its roles trained with PGD-AT, TRADES or LTD get adversarial weight
+    perturbation."""
     meta = data.load_meta(PREPARED_DIR)
-    return TrainingRun(meta, data.load_split(PREPARED_DIR, "train"), data.load_split(PREPARED_DIR, "val"),
-                       params["cuda_deterministic"], params["engine"])
+    workers = params["data"]["workers"]
+    return TrainingRun(meta, splits.open_split(PREPARED_DIR, "train", workers),
+                       splits.open_split(PREPARED_DIR, "val", workers), params["cuda_deterministic"], params["engine"],
+                       params["awp"] if awp else None)
+
+
+def awp_for(spec: "RoleSpec", run: TrainingRun) -> awp_module.AWPConfig | None:
+    """AWP for this role: when `awp.enabled` and the role's loss is one AWP applies to (PGD-AT, TRADES, LTD)."""
+    config = awp_module.AWPConfig.from_params(run.awp)
+    return config if config is not None and awp_module.supports(spec.loss) else None
 
 
 def train_role(spec: RoleSpec, run: TrainingRun) -> dict:
@@ -95,19 +109,31 @@ def train_role(spec: RoleSpec, run: TrainingRun) -> dict:
     configure_cuda_determinism(run.cuda_deterministic, device)
     seed_everything(spec.seed)
     if spec.build is None:
-        model_description = model_spec(spec.group["arch"], run.meta, spec.group["width"], spec.output_temperature)
+        model_description = model_spec(spec.group["arch"], run.meta, spec.group["width"], spec.output_temperature,
+                                       depth=spec.group.get("depth"))
         model = place(build_model(**model_description), device)
     else:
         model, model_description = spec.build(device)
     cfg = TrainConfig.from_params(spec.group, spec.seed)
-    run_id = [spec.role, model_description, spec.record, run.meta["files"], [sha256_file(p) for p in spec.upstream]]
+    awp = awp_for(spec, run)
+    if awp is not None and awp.warmup_epochs >= cfg.epochs:
+        if distributed.is_main():
+            print(f"[{spec.role}] no adversarial weight perturbation: `awp.warmup_epochs` = {awp.warmup_epochs} covers "
+                  f"all {cfg.epochs} epoch(s) of this model")
+        awp = None
+    # A model trained with AWP records it (part of the run's identity too); one without records nothing new, so its
+    # checkpoint is byte-identical to one written before AWP existed.
+    record = {**spec.record, "awp": awp.record()} if awp is not None else spec.record
+    if awp is not None and distributed.is_main():
+        print(f"[{spec.role}] adversarial weight perturbation: gamma {awp.gamma:g}, from epoch {awp.warmup_epochs + 1}")
+    run_id = [spec.role, model_description, record, run.meta["files"], [sha256_file(p) for p in spec.upstream]]
     result = train(model, spec.loss, run.train_data, run.val_data, cfg, spec.role, live_dir=spec.live_dir,
                    resume_path=RESUME_DIR / f"{spec.role}.pt", run_id=str(run_id),
                    batch_size_param=f"{spec.params_group or spec.role}.batch_size",
-                   engine=Engine.from_params(run.engine), single_process_reason=spec.single_process_reason)
+                   engine=Engine.from_params(run.engine), single_process_reason=spec.single_process_reason, awp=awp)
     info = {"role": spec.role, "arch": model_description.get("label", model_description["arch"]),
             "best_epoch": result.best_epoch, "val_acc": result.best_val_acc, "train_precision": result.precision,
-            "fingerprint": result.fingerprint, **spec.record}
+            "fingerprint": result.fingerprint, **record}
     if distributed.is_main():
         save_checkpoint(spec.out_path, result.model, model_description, info)
         atomic_write_json(TIMING_DIR / f"{spec.role}.json",

@@ -1,7 +1,8 @@
 """One training loop for every role (teacher, assistants, student, surrogate).
 
-Data stays a uint8 tensor on the training device; batches are cast and augmented there, as whole
-tensors (no per-sample PIL transforms, no DataLoader workers). The checkpoint kept is the epoch with
+The data come through one interface (robustkd.splits): a split that fits in memory stays a uint8 tensor on the
+training device, its batches cast and augmented there as whole tensors; a streamed split (ImageNet) is decoded and
+augmented per image by DataLoader workers. The loop is the same for both. The checkpoint kept is the epoch with
 the best validation accuracy, never a test-set choice. Every epoch writes a resume file atomically (sealed like a
 checkpoint: robustkd.io.load_sealed), so a killed run restarts from its last complete epoch and ends with the same
 weights (and the same dvclive logs) as an uninterrupted one. The resume file is used only when the run's
@@ -16,6 +17,10 @@ or AMX) the training forward and loss run under bf16 autocast (``engine.bf16``);
 ``engine.bf16: false``, training is fp32. The model can be compiled (``engine.compile``, opt-in). Under
 ``torchrun`` (WORLD_SIZE > 1) the same loop trains with DistributedDataParallel (see ``robustkd.distributed``):
 each process takes an equal share of every global batch of ``batch_size`` samples, in the single-process order.
+
+Adversarial weight perturbation (params.yaml `awp`, :mod:`robustkd.awp`): for a PGD-AT, TRADES or LTD loss, from the
+end of its warm-up on, each step's loss and gradients are taken at the perturbed weights w + v, the weights are put
+back exactly, and then the optimiser steps. Without it (``awp=None``) a step is what it was before AWP existed.
 """
 from __future__ import annotations
 
@@ -34,6 +39,8 @@ from torch import nn
 from tqdm import tqdm
 
 from . import distributed
+from .awp import AWPConfig, WeightPerturbation, supports
+from .splits import MemorySplit, StreamSplit, as_split, augment_batch, count_correct, shard, to_float  # noqa: F401
 from .errors import CheckpointError, ProjectError, ResourceError
 from .io import atomic_torch_save_sealed, load_sealed
 
@@ -105,47 +112,11 @@ def pick_device() -> torch.device:
     return distributed.device()
 
 
-def shard(n: int, world: int, rank: int) -> slice:
-    """This process's part of a global batch of ``n``: contiguous, sizes differing by at most one (torch.tensor_split's)."""
-    q, r = divmod(n, world)
-    lo = rank * q + min(rank, r)
-    return slice(lo, lo + q + (1 if rank < r else 0))
-
-
-def to_float(x_uint8: torch.Tensor) -> torch.Tensor:
-    """uint8 images -> float in [0, 1], channels_last (the layout the models are kept in)."""
-    return x_uint8.float().div_(255.0).contiguous(memory_format=torch.channels_last)
-
-
-def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Random crop (zero padding ``pad``) and horizontal flip for a whole batch, as tensor indexing."""
-    n, _, h, w = x.shape
-    padded = nn.functional.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
-    rows = (dy[:, None] + torch.arange(h, device=x.device)[None, :])[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w, device=x.device)[None, :])[:, None, None, :]
-    batch = torch.arange(n, device=x.device)[:, None, None, None]
-    chans = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
-    out = padded[batch, chans, rows, cols]
-    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
-    return torch.where(flip[:, None, None, None], out.flip(3), out)
-
-
-@torch.no_grad()
-def count_correct(model: nn.Module, x_uint8: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> int:
-    was_training = model.training
-    model.eval()
-    correct = 0
-    for i in range(0, len(y), batch_size):
-        logits = model(to_float(x_uint8[i:i + batch_size]))
-        correct += (logits.argmax(1) == y[i:i + batch_size]).sum().item()
-    model.train(was_training)
-    return correct
-
-
-def accuracy(model: nn.Module, x_uint8: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
-    return count_correct(model, x_uint8, y, batch_size) / max(len(y), 1)
+def accuracy(model: nn.Module, x_or_split, y: torch.Tensor | None = None, batch_size: int = 1000) -> float:
+    """Accuracy on uint8 images and labels, or on a split (robustkd.splits; the loop's validation)."""
+    if y is None:
+        return x_or_split.count_correct(model) / max(len(x_or_split), 1)
+    return count_correct(model, x_or_split, y, batch_size) / max(len(y), 1)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -256,8 +227,8 @@ def _wrap_for_training(model: nn.Module, device: torch.device, engine: Engine, w
 def train(
     model: nn.Module,
     loss_fn: LossFn,
-    train_data: tuple[torch.Tensor, torch.Tensor],
-    val_data: tuple[torch.Tensor, torch.Tensor],
+    train_data: tuple[torch.Tensor, torch.Tensor] | MemorySplit | StreamSplit,
+    val_data: tuple[torch.Tensor, torch.Tensor] | MemorySplit | StreamSplit,
     cfg: TrainConfig,
     role: str,
     live_dir: str | Path | None = None,
@@ -266,6 +237,7 @@ def train(
     batch_size_param: str = "batch_size",
     engine: Engine | None = None,
     single_process_reason: str | None = None,
+    awp: AWPConfig | None = None,
 ) -> TrainResult:
     """Train ``model`` in place and return it loaded with its best-validation-accuracy weights.
 
@@ -273,27 +245,35 @@ def train(
     ``engine``: bf16 autocast and torch.compile (default: ``Engine()``: bf16 where native, no compile).
     ``single_process_reason``: why this model cannot train under DDP (the method's loss calls the model's parts
     directly); None: it can.
+    ``awp``: adversarial weight perturbation (:mod:`robustkd.awp`) from its warm-up on; ``loss_fn`` must then be a
+    loss AWP supports (PGD-AT, TRADES, LTD). None: no AWP, the loop as it was before AWP existed. The caller makes
+    ``awp`` part of ``run_id`` (robustkd.roles records it), so a resume file never mixes runs with and without it.
     Under torchrun (WORLD_SIZE > 1): DDP, each process a share of every global batch of ``cfg.batch_size``;
     only rank 0 writes the resume file and the dvclive log, and every process returns the same weights.
     """
     engine = engine or Engine()
+    if awp is not None and not supports(loss_fn):
+        raise ProjectError(f"[{role}] AWP (params.yaml `awp`) needs an adversarial-training loss (PGD-AT, TRADES, "
+                           f"LTD); {type(loss_fn).__name__} is not one")
     device = next(model.parameters()).device
     distributed.setup(device)
     world = distributed.world_size() if distributed.active() else 1
     rank = distributed.rank() if world > 1 else 0
     main = rank == 0
-    distributed.check_batch_size(cfg.batch_size, len(train_data[1]), batch_size_param, world)
+    train_split, val_split = as_split(train_data), as_split(val_data)
+    distributed.check_batch_size(cfg.batch_size, len(train_split), batch_size_param, world)
     if world > 1 and single_process_reason:
         raise ProjectError(f"[{role}] {single_process_reason}, which DistributedDataParallel would not synchronise: "
                            f"run it as one process (`python src/<stage>.py` or `dvc repro`), not under torchrun.")
-    x_train, y_train = (t.to(device) for t in train_data)
-    x_val, y_val = (t.to(device) for t in val_data)
+    train_split, val_split = train_split.to(device), val_split.to(device)
     optimizer = make_optimizer(model, cfg)
-    steps_per_epoch = math.ceil(len(y_train) / cfg.batch_size)
+    steps_per_epoch = math.ceil(len(train_split) / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
     # What changes the numbers is part of the run's identity: a resume file of another run is never picked up.
     precision = precision_name(device, engine)
     parts = run_parts(run_id, cfg, device, precision, world)
+    if train_split.identity() is not None:  # a streamed split decodes and augments otherwise: another run
+        parts["data_path"] = fingerprint(train_split.identity())
     run_id = fingerprint(parts)
     if world > 1 and rank:
         # Each process draws its own random starts / noise (DDP broadcasts rank 0's initial weights).
@@ -333,6 +313,8 @@ def train(
                     print(f"[{role}] resuming after epoch {start_epoch} from {resume_path}")
 
     net = _wrap_for_training(model, device, engine, world)
+    # After the wrap: the proxy copies the model as it trains (SyncBatchNorm under DDP on CUDA).
+    perturbation = WeightPerturbation(model, awp, world) if awp is not None else None
     live = None  # opened after the first epoch: nothing is written before a training step has succeeded
     # A loss with a schedule (DARHT) is told the fraction of training done before each step; it depends only on
     # (epoch, step), so a resumed run follows the same schedule.
@@ -341,39 +323,29 @@ def train(
         t0 = time.perf_counter()
         model.train()
         # Data order depends only on (seed, epoch), so a resumed run sees the same batches (and so does every
-        # process of a torchrun launch: each takes its share of the same global batch).
-        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        order = torch.randperm(len(y_train), generator=gen).to(device)
+        # process of a torchrun launch: each takes its share of the same global batch, with its loss scale).
+        batches = train_split.train_batches(epoch, cfg.batch_size, cfg.seed, cfg.augment, world, rank)
         loss_sum, correct, seen = 0.0, 0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"{role} epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=2,
-                   disable=not main)
-        for i in bar:
-            idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            scale = 1.0
-            if world == 1:
-                xb, yb = to_float(x_train[idx]), y_train[idx]
-                if cfg.augment:
-                    xb = augment_batch(xb, gen)
-            else:
-                part = shard(len(idx), world, rank)
-                # The loss is a mean over this process's share and DDP averages gradients over processes: scaling by
-                # world·share/global makes that the mean over the global batch even when the last batch splits
-                # unevenly (1 for the full, evenly split batches).
-                scale = world * (part.stop - part.start) / len(idx)
-                if cfg.augment:  # augment the global batch, as a single process would, then take the share
-                    xb = augment_batch(to_float(x_train[idx]), gen)[part]
-                else:
-                    xb = to_float(x_train[idx[part]])
-                yb = y_train[idx[part]]
+        bar = tqdm(batches, total=steps_per_epoch, desc=f"{role} epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                   mininterval=2, disable=not main)
+        for i, (xb, yb, scale) in enumerate(bar):
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(cfg, epoch * steps_per_epoch + i, total_steps)
             if set_progress is not None:
                 set_progress((epoch * steps_per_epoch + i) / total_steps)
+            perturbed = perturbation is not None and awp.active(epoch)
             try:
-                with autocast_for(device, precision):
-                    loss, logits = loss_fn(net, xb, yb)
-                optimizer.zero_grad(set_to_none=True)
-                (loss if scale == 1.0 else loss * scale).backward()
+                try:
+                    with autocast_for(device, precision):
+                        if perturbed:  # the loss and its gradients at w + v (robustkd.awp)
+                            loss, logits = perturbation.perturb(loss_fn, net, xb, yb, scale)
+                        else:
+                            loss, logits = loss_fn(net, xb, yb)
+                    optimizer.zero_grad(set_to_none=True)
+                    (loss if scale == 1.0 else loss * scale).backward()
+                finally:
+                    if perturbed:
+                        perturbation.restore()  # w, bit for bit, before the optimiser step
                 optimizer.step()
             except (RuntimeError, MemoryError) as err:
                 if not is_out_of_memory(err):
@@ -388,12 +360,11 @@ def train(
             correct += (logits.argmax(1) == yb).sum().item()
             seen += len(yb)
         if world == 1:
-            val_acc = accuracy(model, x_val, y_val)
+            val_acc = accuracy(model, val_split)
         else:
             loss_sum, correct, seen = distributed.all_reduce_sum([loss_sum, correct, seen], device)
-            part = shard(len(y_val), world, rank)
-            val_correct, = distributed.all_reduce_sum([count_correct(model, x_val[part], y_val[part])], device)
-            val_acc = val_correct / max(len(y_val), 1)
+            val_correct, = distributed.all_reduce_sum([val_split.count_correct(model, world, rank)], device)
+            val_acc = val_correct / max(len(val_split), 1)
         elapsed += time.perf_counter() - t0
         row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen, "val_acc": val_acc}
         history.append(row)

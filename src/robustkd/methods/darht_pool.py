@@ -82,7 +82,7 @@ def train_pool_member(params: dict, name: str) -> None:
     from ..roles import RoleSpec, load_training_run, train_role
     from .base import TEACHER_TRAININGS, loss_params
 
-    run = load_training_run(params)
+    run = load_training_run(params, awp=True)
     group = training_group(params, name)
     loss = TEACHER_TRAININGS[member["training"]](params)
     print(f"[darht_teacher@{name}] {member['arch']} (width {member['width']}, depth {group['depth']}), "

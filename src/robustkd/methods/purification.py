@@ -43,7 +43,7 @@ def _builder(group: dict):
 
 def _purifier_group(group: dict) -> dict:
     """The group's own settings (not the training ones, which TrainConfig already fingerprints)."""
-    return {k: v for k, v in group.items() if k not in TRAINING_FIELDS or k in ("arch", "width")}
+    return {k: v for k, v in group.items() if k not in TRAINING_FIELDS or k in ("arch", "width", "depth")}
 
 
 def check_feature_matching(student_group: dict, teachers: list[torch.nn.Module], shape: list[int]) -> None:
