@@ -118,7 +118,7 @@ def test_metrics_files_hold_numbers_and_short_labels_the_report_holds_the_words(
     assert full["teacher"]["gradient_masking"] == 1 and full["teacher"]["masking_codes"] == "ce_gap"
     assert full["student"]["gradient_masking"] == 0 and full["student"]["masking_codes"] == ""
     for name in ("metrics.json", "headline.json", "timing.json", "darht_transferability.json"):
-        for key, value in flatten(json.loads((work / name).read_text())).items():
+        for key, value in flatten(json.loads((work / name).read_text()) or {}).items():
             assert not isinstance(value, str) or len(value) <= 40, (name, key, value)
     report = (work / "results" / "gradient_masking.md").read_text()
     assert "## teacher: FLAGGED (ce_gap)" in report and "## student: not flagged" in report
@@ -127,17 +127,16 @@ def test_metrics_files_hold_numbers_and_short_labels_the_report_holds_the_words(
     assert [p.name for p in (work / "plots" / "darht").iterdir()] == [".keep"]
 
 
-def test_headline_file_is_small_and_numeric(run):
+def test_headline_file_is_the_students_numbers_flat_and_short(run):
     work, _ = run
     headline = json.loads((work / "headline.json").read_text())
-    flat = flatten(headline)
-    assert len(flat) == 10 * len(headline)  # clean, worst case, AutoAttack, their two bounds each, the flag
-    assert all(v is None or isinstance(v, (int, float)) for v in flat.values())
-    assert max(map(len, flat)) <= len("assistant_1.worst_case_acc_ci_high")
-    student = headline["student"]
-    assert (student["worst_case_acc"], student["worst_case_acc_ci_low"], student["worst_case_acc_ci_high"]) == \
-        (0.27, *wilson(27, 100))
-    assert student["clean_acc"] == 0.9 and headline["teacher"]["gradient_masking"] == 1
+    assert set(headline) == {"clean", "clean_lo", "clean_hi", "worst", "worst_lo", "worst_hi", "aa", "aa_lo", "aa_hi",
+                             "masking"}
+    assert all(v is None or isinstance(v, (int, float)) for v in headline.values())
+    assert (headline["worst"], headline["worst_lo"], headline["worst_hi"]) == (0.27, *wilson(27, 100))
+    assert headline["clean"] == 0.9 and headline["masking"] == 0  # the student's, not the flagged teacher's
+    with pytest.raises(ValueError, match="no 'student'"):
+        stage.headline_metrics({"teacher": {}})
 
 
 def test_the_committed_headline_is_what_dvc_prints_and_its_diff_is_short(tmp_path):
@@ -159,8 +158,7 @@ def test_the_committed_headline_is_what_dvc_prints_and_its_diff_is_short(tmp_pat
         (tmp_path / name).write_text((ROOT / name).read_text())
     git("add", "-A")
     git("commit", "-qm", "base")
-    moved = {m: {k: (None if v is None else round(v + 0.0011, 4)) for k, v in vals.items()}
-             for m, vals in headline.items()}
+    moved = {k: (None if v is None else round(v + 0.0011, 4)) for k, v in headline.items()}
     (tmp_path / "headline.json").write_text(json.dumps(moved))
     out = subprocess.run([sys.executable, "-m", "dvc", "metrics", "diff"], cwd=tmp_path, check=True,
                          capture_output=True, text=True, env={**env, "COLUMNS": "160"}).stdout

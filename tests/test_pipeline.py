@@ -88,6 +88,13 @@ def test_exp_run_temperature_reruns_training_not_prepare(repo):
     assert "student.sensitivity_softmax" in changed or "student.clean_acc" in changed
     teacher_ckpt_info = json.loads((repo / "results" / "attack" / "teacher.json").read_text())["info"]
     assert teacher_ckpt_info["temperature"] == 50
+    # Readable in a 160-column terminal (issue 25): the headline's columns and the changed param, once DVC's
+    # dependency-hash columns (one 32-character md5 per changed file dep) are dropped as the README says.
+    wide = {"COLUMNS": "1024"}  # the table's natural width, as DVC's pager shows it
+    table = run(["dvc", "exp", "show", "--only-changed", "--no-pager", "--drop", ".*/|params.yaml"], repo, extra_env=wide)
+    assert "temperature" in table.stdout and "worst_lo" in table.stdout
+    assert max(map(len, table.stdout.splitlines())) <= 160, table.stdout
+    assert len(run(["dvc", "metrics", "diff"], repo).stdout.encode()) < 5000
     # the committed run vs the experiment, by its name, from git alone: paired differences on the same 40 points
     name = re.search(r"Ran experiment\(s\): (\S+)", out.stdout).group(1)
     assert name in {ref.rsplit("/", 1)[-1] for ref in

@@ -202,17 +202,19 @@ def test_an_old_metrics_file_still_renders_with_a_note_on_the_missing_keys(tmp_p
 def test_exp_table_reads_the_full_metrics_of_runs_that_declare_only_the_headline(monkeypatch):
     """From headline.json on, `dvc exp show --json` carries headline.json; metrics.json comes from git."""
     entry = state("c" * 40, "new", 20, 1, None)
-    entry["data"]["metrics"] = {"headline.json": {"data": {"student": {"clean_acc": 0.9, "worst_case_acc": 0.01,
-                                                                        "autoattack_acc": 0.02, "gradient_masking": 0}}}}
+    entry["data"]["metrics"] = {"headline.json": {"data": {"clean": 0.9, "worst": 0.01, "aa": 0.02, "masking": 0}}}
     shown = {}
 
     def git_show(cmd, **kw):
-        shown["cmd"] = cmd
+        shown.setdefault("cmds", []).append(cmd)
+        if cmd[-1].endswith(":timing.json"):
+            return type("R", (), {"stdout": json.dumps({"train_seconds_total": 90.0})})()
         return type("R", (), {"stdout": json.dumps({"student": metrics(0.9, 0.25, 0.02, 0)})})()
 
     monkeypatch.setattr(report.subprocess, "run", git_show)
     row = report.table([entry]).splitlines()[2]
-    assert shown["cmd"] == ["git", "show", f"{'c' * 40}:metrics.json"]
+    assert shown["cmds"] == [["git", "show", f"{'c' * 40}:{name}"] for name in ("metrics.json", "timing.json")]
+    assert row.endswith("| 1.5 |")  # training minutes, from the committed timing.json
     assert row.startswith("| new | defensive_distillation | 20 | 1 | 90.0 | 25.0 | 2.0 | 2.0 | 2.0 |") and "| no |" in row
 
     def no_git(cmd, **kw):

@@ -126,13 +126,36 @@ def schema_note(metrics: dict, path: str) -> str | None:
                                                                                     metrics.values()) else ""))
 
 
-# headline.json key -> metrics.json key: a run whose full metrics.json cannot be read still shows these.
-HEADLINE_KEYS = {"clean_acc": "clean_acc", "worst_case_acc": "worst_case_headline",
-                 "autoattack_acc": "autoattack_headline", "gradient_masking": "gradient_masking",
-                 **{f"{h}_ci_{end}": f"{m}_ci_{end}" for h, m in (("clean_acc", "clean_acc"),
-                                                                  ("worst_case_acc", "worst_case_headline"),
-                                                                  ("autoattack_acc", "autoattack_headline"))
-                    for end in ("low", "high")}}
+# headline.json key -> metrics.json key: a run whose full metrics.json cannot be read still shows these. Since issue
+# 25's width fix headline.json is flat (the student's numbers, short keys); before it, one object per model.
+HEADLINE_KEYS = {"clean": "clean_acc", "worst": "worst_case_headline", "aa": "autoattack_headline",
+                 "masking": "gradient_masking",
+                 **{f"{h}_{end}": f"{m}_ci_{long}" for h, m in (("clean", "clean_acc"), ("worst", "worst_case_headline"),
+                                                                ("aa", "autoattack_headline"))
+                    for end, long in (("lo", "low"), ("hi", "high"))}}
+OLD_HEADLINE_KEYS = {"clean_acc": "clean_acc", "worst_case_acc": "worst_case_headline",
+                     "autoattack_acc": "autoattack_headline", "gradient_masking": "gradient_masking",
+                     **{f"{h}_ci_{end}": f"{m}_ci_{end}" for h, m in (("clean_acc", "clean_acc"),
+                                                                      ("worst_case_acc", "worst_case_headline"),
+                                                                      ("autoattack_acc", "autoattack_headline"))
+                        for end in ("low", "high")}}
+
+
+def from_headline(head: dict) -> dict:
+    """metrics.json-style entries from a headline.json of either layout."""
+    if any(isinstance(v, dict) for v in head.values()):  # one object per model
+        return {name: {src: m.get(k) for k, src in OLD_HEADLINE_KEYS.items()} for name, m in head.items()}
+    return {"student": {src: head.get(k) for k, src in HEADLINE_KEYS.items()}} if head else {}
+
+
+def committed_json(rev: str | None, path: str) -> dict | None:
+    """A git-tracked result file as committed at ``rev`` (the workspace: the file itself); None if unreadable."""
+    try:
+        text = (open(path).read() if rev in (None, "workspace") else
+                subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True, check=True).stdout)
+        return json.loads(text)
+    except (OSError, subprocess.CalledProcessError, json.JSONDecodeError):
+        return None
 
 
 def full_metrics(data: dict, rev: str | None, model: str) -> dict:
@@ -143,16 +166,9 @@ def full_metrics(data: dict, rev: str | None, model: str) -> dict:
     `git show <rev>:metrics.json` (the workspace: the file). Failing that, the headline's keys alone.
     """
     files = data.get("metrics") or {}
-    full = (files.get("metrics.json") or {}).get("data")
+    full = (files.get("metrics.json") or {}).get("data") or committed_json(rev, "metrics.json")
     if full is None:
-        try:
-            text = (open("metrics.json").read() if rev in (None, "workspace") else
-                    subprocess.run(["git", "show", f"{rev}:metrics.json"], capture_output=True, text=True,
-                                   check=True).stdout)
-            full = json.loads(text)
-        except (OSError, subprocess.CalledProcessError, json.JSONDecodeError):
-            head = (files.get("headline.json") or {}).get("data") or {}
-            full = {name: {src: m.get(k) for k, src in HEADLINE_KEYS.items()} for name, m in head.items()}
+        full = from_headline((files.get("headline.json") or {}).get("data") or {})
     return full[model]
 
 
@@ -230,8 +246,10 @@ def transfer_table(matrix: dict) -> str:
     return "\n".join(lines)
 
 
-def training_minutes(data: dict) -> str:
-    timing = ((data.get("metrics") or {}).get("timing.json") or {}).get("data") or {}
+def training_minutes(data: dict, rev: str | None = None) -> str:
+    """Training minutes of every model; timing.json is no longer declared as metrics (it changes on every run and
+    would widen `dvc exp show`), so it is read from git like metrics.json."""
+    timing = ((data.get("metrics") or {}).get("timing.json") or {}).get("data") or committed_json(rev, "timing.json") or {}
     total = timing.get("train_seconds_total")
     return "n/a" if total is None else f"{total / 60:.1f}"
 
@@ -256,7 +274,7 @@ def table(entries: list, model: str = "student", commit: str | None = None, expe
         seen.add(key)
         models.append(metrics)
         rows.append(_row([name, *[str(params.get(c)) for c in param_columns], *metric_cells(metrics, eps_key),
-                          training_minutes(data)]))
+                          training_minutes(data, rev)]))
     header = ["experiment", *param_columns, *labelled(METRIC_COLUMNS, models), "train min (all models)"]
     return "\n".join([_row(header), "|" + "---|" * len(header), *rows])
 
