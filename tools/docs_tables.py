@@ -49,13 +49,13 @@ def render(cmd: str, root: Path = ROOT) -> str:
     return proc.stdout.rstrip("\n") + "\n"
 
 
-def refresh(text: str, root: Path = ROOT) -> tuple[str, list[tuple[str, str, str]]]:
-    """The page with every block regenerated, and (command, old body, new body) per block."""
-    blocks: list[tuple[str, str, str]] = []
+def refresh(text: str, root: Path = ROOT) -> tuple[str, list[tuple[str, str, str, int]]]:
+    """The page with every block regenerated, and (command, old body, new body, line of the marker) per block."""
+    blocks: list[tuple[str, str, str, int]] = []
 
     def one(m: re.Match) -> str:
         new = render(m["cmd"], root)
-        blocks.append((m["cmd"], m["body"], new))
+        blocks.append((m["cmd"], m["body"], new, text.count("\n", 0, m.start()) + 1))
         return m.group(1) + new + m.group(4)
 
     return BLOCK.sub(one, text), blocks
@@ -71,10 +71,9 @@ def main(argv=None) -> int:
         for page in pages(args.root):
             text = page.read_text()
             new_text, blocks = refresh(text, args.root)
-            for cmd, old, new in blocks:
+            for cmd, old, new, line in blocks:
                 if old != new:
                     stale += 1
-                    line = text[:text.index(old) if old else 0].count("\n") + 1
                     where = f"{page.relative_to(args.root)}:{line}"
                     if args.check:
                         diff = "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True),
