@@ -4,6 +4,7 @@ end through DVC's queue: run, killed, resumed, collected, reported, checked."""
 import copy
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -354,7 +355,10 @@ def test_tiny_study_runs_is_killed_resumes_and_reports(tmp_path):
     collected_first = sorted(p.parent.relative_to(results).as_posix() for p in results.glob("*/seed-*/run.json"))
     assert 1 <= len(collected_first) < 4, first
     status = run(study_cmd("status", "tiny"), repo).stdout
-    assert status.count(" collected") == len(collected_first), status
+    assert len(re.findall(r"seed \d+\s+collected$", status, re.M)) == len(collected_first), status
+    # the run in flight was killed (failed, with its log); the others wait in the queue
+    others = [line for line in status.splitlines()[:-1] if not line.endswith(" collected")]
+    assert all(re.search(r"seed \d+\s+(queued|failed \(log \.dvc/tmp/exps/run/)", line) for line in others), status
 
     try:
         second = run(study_cmd("run", "tiny", "-j", "1", "--poll", "1"), repo, timeout=900).stdout
@@ -375,7 +379,7 @@ def test_tiny_study_runs_is_killed_resumes_and_reports(tmp_path):
             info = json.loads((folder / "run.json").read_text())
             assert info["experiment"] == f"tiny-{arm}-s{seed}"
             assert info["threads"] in (1, None) and (info["wall_s"] is None or info["wall_s"] > 0)
-    assert "collected" in run(study_cmd("status", "tiny"), repo).stdout
+    assert len(re.findall(r"seed \d+\s+collected$", run(study_cmd("status", "tiny"), repo).stdout, re.M)) == 4
 
     run(study_cmd("report", "tiny"), repo)
     page = (repo / "docs" / "results.md").read_text()
