@@ -1,0 +1,389 @@
+"""tools/study.py: study files are checked before anything is queued; the report and its verdicts come from the
+collected files alone; `report --check` catches an edited table and stale code; and (slow) a tiny study runs end to
+end through DVC's queue: run, killed, resumed, collected, reported, checked."""
+import copy
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+import study  # tools/, on sys.path through conftest
+from robustkd.outcomes import encode_bits, points_sha256
+from robustkd.params import read_yaml
+from tiny_repo import env, make_tiny_repo, run
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY_PY = ROOT / "tools" / "study.py"
+
+
+@pytest.fixture
+def repo(tmp_path):
+    """A folder with the repository's params.yaml, dvc.lock and presets, and an empty results page."""
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    shutil.copy(ROOT / "dvc.lock", tmp_path / "dvc.lock")
+    shutil.copytree(ROOT / "src" / "presets", tmp_path / "src" / "presets")
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "results.md").write_text("# Results\n")
+    return tmp_path
+
+
+def write_study(repo: Path, name: str, spec: dict) -> None:
+    (repo / "studies" / f"{name}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+
+
+def two_arms(**changes) -> dict:
+    spec = {"claim": "T = 100 beats T = 20.", "seeds": [0, 1, 2], "baseline": "t20",
+            "arms": {"t20": {"role": "baseline", "overrides": {"temperature": 20}},
+                     "t100": {"overrides": {"temperature": 100}}}}
+    spec.update(changes)
+    return spec
+
+
+def load_error(repo: Path, spec: dict) -> str:
+    write_study(repo, "s", spec)
+    with pytest.raises(study.StudyError) as err:
+        study.load_study("s", repo)
+    return str(err.value)
+
+
+# --- the study file --------------------------------------------------------------------------------------------
+def test_valid_study_loads_with_params_of_each_arm(repo):
+    write_study(repo, "s", two_arms(base={"attack.autoattack.version": "standard"}))
+    s = study.load_study("s", repo)
+    assert [a.name for a in s.arms.values()] == ["t20", "t100"]
+    assert s.arms["t100"].baseline == "t20" and s.arms["t20"].baseline is None
+    p = s.arms["t100"].expected_params(2)
+    assert (p["seed"], p["temperature"], p["attack"]["autoattack"]["version"]) == (2, 100, "standard")
+    assert [(a.name, k) for a, k in s.pairs()] == [("t20", 0), ("t20", 1), ("t20", 2), ("t100", 0), ("t100", 1),
+                                                   ("t100", 2)]
+
+
+def test_unknown_params_key_names_file_arm_key_and_the_fix(repo):
+    spec = two_arms()
+    spec["arms"]["t100"]["overrides"] = {"temperatur": 100}
+    spec["arms"]["t20"]["overrides"] = {"temperature": 20, "attack.autoattak.version": "standard"}
+    msg = load_error(repo, spec)
+    assert "studies/s.yaml" in msg and "`arms.t100`" in msg and "`temperatur`: unknown key" in msg
+    assert "did you mean `temperature`?" in msg
+    assert "`attack.autoattak`: unknown key; did you mean `attack.autoattack`?" in msg  # nested, both at once
+    assert "Fix the key or value in studies/s.yaml" in msg
+
+
+def test_bad_value_is_refused_with_the_schema_message(repo):
+    spec = two_arms()
+    spec["arms"]["t100"]["overrides"] = {"temperature": -1}
+    assert "`temperature` = -1: out of range" in load_error(repo, spec)
+
+
+def test_no_seeds_and_arm_without_overrides_are_refused(repo):
+    spec = two_arms()
+    del spec["seeds"]
+    spec["arms"]["t100"] = {"role": "compared"}
+    msg = load_error(repo, spec)
+    assert "`seeds`: missing; add e.g. `seeds: [0, 1, 2]`" in msg
+    assert "`arms.t100`: no overrides; add `overrides: {key: value}`" in msg
+    assert load_error(repo, two_arms(seeds=[])).count("`seeds` = []: must be a non-empty list") == 1
+
+
+def test_unknown_baseline_arm_and_seed_override_are_refused(repo):
+    spec = two_arms(baseline="t2")
+    spec["arms"]["t100"]["overrides"]["seed"] = 4
+    msg = load_error(repo, spec)
+    assert "`baseline`: unknown arm `t2`; did you mean `t20`?" in msg
+    assert "`seed`: set by the study's `seeds`" in msg
+    msg = load_error(repo, two_arms(baseline={"best_of": ["t20", "t50"]}))
+    assert "unknown arm `t50`" in msg
+
+
+def test_unknown_study_key_has_did_you_mean(repo):
+    spec = two_arms()
+    spec["baselin"] = spec.pop("baseline")
+    msg = load_error(repo, spec)
+    assert "`baselin`: unknown key; did you mean `baseline`?" in msg
+    assert "compared arm without a baseline" in msg
+
+
+def test_the_four_studies_are_well_formed():
+    """Their structure (roles, seeds, baselines) is checked here; their params against the schema by `run` and
+    `validate` (some arms need keys that other branches add)."""
+    names = study.all_studies(ROOT)
+    assert names == ["chain", "darht", "methods", "purification"]
+    for name in names:
+        s = study.load_study(name, ROOT, check_params=False)
+        assert all(a.role != "compared" or len(a.seeds) >= 3 for a in s.arms.values())
+        for arm in s.arms.values():
+            assert dict(arm.overrides).get("attack.autoattack.version") == "standard"
+    chain = study.load_study("chain", ROOT)  # every key it uses exists today
+    assert {a.baseline for a in chain.arms.values() if a.role == "compared"} == {"t20_c0", "t100_c0"}
+
+
+def test_set_params_are_what_dvc_applies(repo, tmp_path):
+    """The `-S` arguments, applied by DVC's own override code, give exactly the params the study validated: values
+    of every type, a preset that adds pool entries (`++`), and an override after the preset."""
+    from dvc.utils.hydra import apply_overrides
+
+    write_study(repo, "s", {
+        "claim": "c", "seeds": [3], "baseline": "homo",
+        "base": {"attack.autoattack.version": "standard", "attack.n_points": None, "attack.eps": [0.1, 0.3],
+                 "attack.headline_eps": 0.1, "attack.autoattack.eps": [0.1], "train_attack.step_size_ratio": 1e-3},
+        "arms": {"homo": {"role": "baseline", "preset": "src/presets/darht_homogeneous.yaml",
+                          "overrides": {"darht.pool.papernot_3.seed": 9, "engine.bf16": False}},
+                 "het": {"overrides": {"method": "darht", "training.arch": "lenet"}}}})
+    s = study.load_study("s", repo)
+    for arm in s.arms.values():
+        args = study.set_params_args(arm, 3, s.base_params)
+        target = tmp_path / f"{arm.name}.yaml"
+        shutil.copy(repo / "params.yaml", target)
+        apply_overrides(str(target), args)
+        assert read_yaml(target.read_text()) == arm.expected_params(3), args
+    homo = study.set_params_args(s.arms["homo"], 3, s.base_params)
+    assert "++darht.pool.papernot_2={use:true,arch:papernot_cnn,width:mnist,training:pgd_at,seed:2}" in homo
+    assert "darht.pool.resnet.use=false" in homo and "attack.n_points=null" in homo
+
+
+# --- the report from hand-made result folders --------------------------------------------------------------------
+N_TEST, POINTS = 60, np.arange(0, 60, 3)  # 20 attacked points
+
+
+def outcomes(worst: np.ndarray, clean: np.ndarray) -> dict:
+    mask = np.zeros(N_TEST, dtype=bool)
+    mask[POINTS] = True
+    return {"schema": "robustkd-outcomes/1", "dataset": "fashion_mnist", "n_test": N_TEST, "test_sha256": "t",
+            "eps": [0.1], "headline_eps": 0.1,
+            "attack_points": {"n": len(POINTS), "sha256": points_sha256(POINTS), "bits": encode_bits(mask)},
+            "models": {"student": {"clean_correct": encode_bits(clean), "worst_case": {"eps_0p1": encode_bits(worst)},
+                                   "robust": {}, "autoattack_version": "standard"}}}
+
+
+def fresh_deps(repo: Path, params: dict) -> dict:
+    head = study.head_lock_deps(repo)
+    return {"files": dict(head["files"]),
+            "params": {k: study.dotted_get(params, k) for k in head["params"]}}
+
+
+def add_run(repo: Path, s, arm: str, seed: int, n_robust: int, wall_s: float = 60.0) -> Path:
+    """A collected run whose student is robust on the first ``n_robust`` attacked points."""
+    worst = np.arange(len(POINTS)) < n_robust
+    clean = np.ones(N_TEST, dtype=bool)
+    folder = study.run_folder(repo, s.name, arm, seed)
+    folder.mkdir(parents=True)
+    acc = n_robust / len(POINTS)
+    files = {"metrics.json": {"student": {"autoattack_version": "standard", "masking_codes": "", "cw_l2_median": 1.5}},
+             "headline.json": {"student": {"gradient_masking": 0, "worst_case_acc": acc}},
+             "timing.json": {"train_seconds_total": 1.0},
+             "outcomes.json": outcomes(worst, clean),
+             "deps.json": fresh_deps(repo, s.arms[arm].expected_params(seed)),
+             "run.json": {"experiment": f"{s.name}-{arm}-s{seed}", "baseline_commit": "abcdef0123", "wall_s": wall_s,
+                          "threads": 2}}
+    for name, content in files.items():
+        (folder / name).write_text(json.dumps(content))
+    return folder
+
+
+def report_repo(repo: Path, robust: dict[str, list[int]], **spec_changes) -> str:
+    spec = {"claim": "B beats A.", "seeds": [0, 1, 2], "baseline": "a", "report_metrics": ["cw_l2_median"],
+            "arms": {"a": {"role": "baseline", "overrides": {"temperature": 20}},
+                     "b": {"overrides": {"temperature": 100}}}}
+    spec.update(spec_changes)
+    write_study(repo, "s", spec)
+    s = study.load_study("s", repo)
+    for arm, counts in robust.items():
+        for seed, n in zip(s.arms[arm].seeds, counts):
+            add_run(repo, s, arm, seed, n)
+    return study.section(s, repo, study.head_lock_deps(repo))
+
+
+def verdict_row(text: str, arm: str = "b") -> str:
+    return next(line for line in text.splitlines() if line.startswith(f"| {arm} | ") and "McNemar" not in line
+                and " s0: " in line)
+
+
+def test_report_held(repo):
+    text = report_repo(repo, {"a": [5, 6, 5], "b": [15, 17, 16]})
+    row = verdict_row(text)
+    assert row.endswith("| held |")
+    assert "s0: +50.0 [" in row and "p < 0.001" in row
+    assert "| a | baseline | 0, 1, 2 | 100.0 ± 0.0 [100.0, 100.0] | 26.7 ± 2.9 [" in text
+    assert "AutoAttack" in text and "| standard | 20 | 0 of 3 | 6 |" in text  # 3 runs x 60 s x 2 threads
+    assert "Cost: 12 CPU minutes" in text and "| 1.5 ± 0 [1.5, 1.5] |" in text
+
+
+def test_report_did_not_hold(repo):
+    assert verdict_row(report_repo(repo, {"a": [15, 16, 15], "b": [5, 6, 4]})).endswith("| did not hold |")
+
+
+def test_report_undecided_when_the_interval_over_seeds_includes_zero(repo):
+    # every seed's paired difference is large, but in both directions: the seed-level interval decides
+    text = report_repo(repo, {"a": [5, 15, 10], "b": [15, 5, 11]})
+    row = verdict_row(text)
+    assert row.endswith("| undecided at this budget |")
+    assert "s0: +50.0" in row and "s1: -50.0" in row
+
+
+def test_report_best_of_picks_the_best_mean_and_one_seed_is_undecided(repo):
+    spec = {"baseline": {"best_of": ["a", "c"]},
+            "arms": {"a": {"role": "baseline", "overrides": {"temperature": 20}},
+                     "c": {"role": "baseline", "overrides": {"temperature": 50}},
+                     "b": {"overrides": {"temperature": 100}},
+                     "ctx": {"role": "context", "seeds": [0], "overrides": {"method": "natural"}}}}
+    text = report_repo(repo, {"a": [5, 5, 5], "c": [10, 11, 10], "b": [12, 13, 12], "ctx": [3]}, **spec)
+    row = verdict_row(text)
+    assert row.startswith("| b | c | ")
+    assert "Baseline: best of a, c by mean worst-case accuracy (a 25.0, c 51.7)." in text
+    assert "| ctx | context | 0 | 100.0 (1 seed) | 15.0 (1 seed) |" in text
+    one_seed = report_repo(repo, {}, seeds=[0])  # the same files, seed 0 only: no interval over seeds
+    assert verdict_row(one_seed).endswith("(1 seed: no interval over seeds) | undecided at this budget |")
+
+
+def test_report_without_runs_says_so_without_numbers(repo):
+    write_study(repo, "s", two_arms())
+    text = study.section(study.load_study("s", repo), repo, study.head_lock_deps(repo))
+    assert "No runs collected yet (0 of 6 arm × seed runs): no numbers." in text
+    assert "|" not in text
+
+
+def test_pairing_refuses_other_attacked_points(repo):
+    report_repo(repo, {"a": [5, 6, 5], "b": [15, 17, 16]})
+    path = repo / "results" / "studies" / "s" / "b" / "seed-1" / "outcomes.json"
+    o = json.loads(path.read_text())
+    mask = np.zeros(N_TEST, dtype=bool)
+    mask[POINTS + 1] = True
+    o["attack_points"].update(sha256=points_sha256(POINTS + 1), bits=encode_bits(mask))
+    path.write_text(json.dumps(o))
+    with pytest.raises(study.StudyError, match="b seed 1 and a seed 1 were attacked on different points"):
+        study.section(study.load_study("s", repo), repo, study.head_lock_deps(repo))
+
+
+def check(repo: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(STUDY_PY), "report", "--check"], cwd=repo, capture_output=True,
+                          text=True)
+
+
+def test_check_fails_on_an_edited_table_and_on_stale_code(repo):
+    report_repo(repo, {"a": [5, 6, 5], "b": [15, 17, 16]})
+    assert check(repo).returncode == 1  # no section yet
+    subprocess.run([sys.executable, str(STUDY_PY), "report"], cwd=repo, check=True, capture_output=True)
+    assert check(repo).returncode == 0, check(repo).stderr
+    page = repo / "docs" / "results.md"
+    good = page.read_text()
+    page.write_text(good.replace("| held |", "| did not hold |"))
+    proc = check(repo)
+    assert proc.returncode == 1 and "the `s` section differs from what results/studies/s/ gives" in proc.stderr
+    page.write_text(good)
+
+    deps_path = repo / "results" / "studies" / "s" / "b" / "seed-2" / "deps.json"
+    deps = json.loads(deps_path.read_text())
+    deps["files"]["src/robustkd/losses.py"] = "0" * 32  # that run ran on other code than HEAD's dvc.lock says
+    deps_path.write_text(json.dumps(deps))
+    proc = check(repo)
+    assert proc.returncode == 1
+    assert "results/studies/s/b/seed-2: stale: code changed: src/robustkd/losses.py" in proc.stderr
+    subprocess.run([sys.executable, str(STUDY_PY), "report"], cwd=repo, check=True, capture_output=True)
+    text = page.read_text()
+    assert "- b seed 2: code changed: src/robustkd/losses.py" in text and "| 0, 1, 2 ⚠ |" in text
+    assert "| held ⚠ stale |" in text
+    assert check(repo).returncode == 1  # the table is current, the result still stale
+
+
+def test_changed_params_make_a_result_stale(repo):
+    report_repo(repo, {"a": [5, 6, 5], "b": [15, 17, 16]})
+    params = read_yaml((repo / "params.yaml").read_text())
+    params["attack"]["n_points"] = 7  # a default the study does not override, read by the attack stage
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    s = study.load_study("s", repo)
+    stale = [c for c in study.load_collected(s, repo, study.head_lock_deps(repo)).values() if c.stale]
+    assert len(stale) == 6 and stale[0].stale == ["params changed: attack"]
+
+
+# --- end to end in the tiny repository ---------------------------------------------------------------------------
+TINY_STUDY = {"claim": "Soft labels alone beat soft labels mixed with hard ones.", "seeds": [0, 1],
+              "baseline": "mixed",
+              "arms": {"mixed": {"role": "baseline", "overrides": {"student.kd_lambda": 0.5}},
+                       "soft": {"overrides": {"student.kd_lambda": 1.0}}}}
+
+
+def study_cmd(*args: str) -> list[str]:
+    return [sys.executable, str(STUDY_PY), *args]
+
+
+@pytest.mark.slow
+def test_tiny_study_runs_is_killed_resumes_and_reports(tmp_path):
+    """2 arms × 2 seeds through `dvc exp run --queue` and one worker. `dvc repro` first (HEAD's dvc.lock; it also
+    puts seed 0's data and teacher, and the whole soft/seed-0 run, in the run cache). SIGTERM once the first run is
+    collected (the run in flight is killed), resume: every run collected once, then `report` and `report --check`."""
+    from test_reliability import reliability_params
+
+    params = reliability_params()
+    params.update(chain_length=0)
+    repo = make_tiny_repo(tmp_path / "repo", params)
+    run(["dvc", "repro"], repo)
+    (repo / "studies").mkdir()
+    (repo / "studies" / "tiny.yaml").write_text(yaml.safe_dump(TINY_STUDY, sort_keys=False))
+    (repo / "docs").mkdir()
+    (repo / "docs" / "results.md").write_text("# Results\n")
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "dvc.lock, study"], repo)
+    results = repo / "results" / "studies" / "tiny"
+
+    started = time.monotonic()
+    log = open(tmp_path / "run1.log", "w")
+    proc = subprocess.Popen(study_cmd("run", "tiny", "-j", "1", "--poll", "1"), cwd=repo, env=env(), stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        while not list(results.glob("*/seed-*/run.json")):
+            assert proc.poll() is None, (tmp_path / "run1.log").read_text()
+            assert time.monotonic() - started < 600, (tmp_path / "run1.log").read_text()
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 130
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=repo, env=env(), capture_output=True, timeout=120)
+    first = (tmp_path / "run1.log").read_text()
+    assert "SIGTERM: stopping" in first, first
+    collected_first = sorted(p.parent.relative_to(results).as_posix() for p in results.glob("*/seed-*/run.json"))
+    assert 1 <= len(collected_first) < 4, first
+    status = run(study_cmd("status", "tiny"), repo).stdout
+    assert len(re.findall(r"seed \d+\s+collected$", status, re.M)) == len(collected_first), status
+    # the run in flight was killed (failed, with its log); the others wait in the queue
+    others = [line for line in status.splitlines()[:-1] if not line.endswith(" collected")]
+    assert all(re.search(r"seed \d+\s+(queued|failed \(log \.dvc/tmp/exps/run/)", line) for line in others), status
+
+    try:
+        second = run(study_cmd("run", "tiny", "-j", "1", "--poll", "1"), repo, timeout=900).stdout
+    finally:
+        subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=repo, env=env(), capture_output=True, timeout=120)
+    print(f"tiny study: {time.monotonic() - started:.0f} s after dvc repro\n{first}\n{second}")
+    for done in collected_first:  # skipped, not rerun
+        name = "tiny-" + done.replace("/seed-", "-s")
+        assert f"collected {name}" not in second and f"queued {name}:" not in second
+    assert "tiny: 4 of 4 runs collected; 0 failed" in second, second
+    for arm in ("mixed", "soft"):
+        for seed in (0, 1):
+            folder = results / arm / f"seed-{seed}"
+            assert {p.name for p in folder.iterdir()} == {"metrics.json", "headline.json", "timing.json",
+                                                          "outcomes.json", "params.yaml", "deps.json", "run.json"}
+            ran = read_yaml((folder / "params.yaml").read_text())
+            assert (ran["seed"], ran["student"]["kd_lambda"]) == (seed, 0.5 if arm == "mixed" else 1.0)
+            info = json.loads((folder / "run.json").read_text())
+            assert info["experiment"] == f"tiny-{arm}-s{seed}"
+            assert info["threads"] in (1, None) and (info["wall_s"] is None or info["wall_s"] > 0)
+    assert len(re.findall(r"seed \d+\s+collected$", run(study_cmd("status", "tiny"), repo).stdout, re.M)) == 4
+
+    run(study_cmd("report", "tiny"), repo)
+    page = (repo / "docs" / "results.md").read_text()
+    assert "4 of 4 runs collected" in page and "| soft | mixed | s0: " in page
+    assert run(study_cmd("report", "--check"), repo).returncode == 0
+    again = run(study_cmd("run", "tiny"), repo).stdout
+    assert "every (arm, seed) is collected on the current code; nothing to run" in again
