@@ -6,7 +6,7 @@ data, batch size and steps, in one process, alternating runs (engine, reference,
                                           # (time, peak memory), then `dvc repro` and `dvc exp run` after an
                                           # attack-only change, and the attack stage with and without the cascade
     python tools/bench.py --quick         # small sizes, a smoke test of this script (numbers not meaningful)
-    python tools/bench.py --only robust_train --json results/bench.json   # robust_train_speedup alone (about 6 min),
+    python tools/bench.py --only robust_train --json results/bench.json   # robust_train_speedup alone (about 5 min),
                                           # merged into the file's other measurements (docs/performance.md's run)
     python tools/bench.py --pipeline --clone-dir /tmp/bench-clone --json results/bench.json   # docs/performance.md's run
 
@@ -20,8 +20,8 @@ Compared:
     its first adversarial iterate) vs `torchattacks.PGD` (install: `pip install --no-deps torchattacks==3.5.1
     scipy`), on a natural and a defensively distilled model (T = `temperature`), both trained with the default
     pipeline's teacher / student schedules, and a briefly trained PGD-AT model;
-  * robust training (`robust_train_speedup`): one PGD-AT epoch (`robustkd.training.train` with the PGDAT loss, the
-    default model, the default pipeline's student schedule, params.yaml's `engine` and `train_attack`) with the inner
+  * robust training (`robust_train_speedup`): one PGD-AT epoch of 12,800 Fashion-MNIST images
+    (`robustkd.training.train` with the PGDAT loss, the default model, the default pipeline's student settings, params.yaml's `engine` and `train_attack`) with the inner
     attack as params.yaml runs it (`train_attack.bf16: true`: crafted under the training step's bf16 autocast where
     the device has native bf16) vs the same epoch with the inner attack in fp32 (`train_attack.bf16: false`); the
     training forward and loss run as `engine` sets them on both sides. Alternating, after an untimed warm-up;
@@ -410,7 +410,8 @@ def main() -> None:
                         "folder); it then holds the default run's outputs")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that the script runs")
     parser.add_argument("--robust-train-images", type=int, help="images of the PGD-AT epoch of robust_train_speedup "
-                        "(default: as many as the default pipeline's training split)")
+                        "(default: --train-images, as the training comparison; every batch costs the same, so a "
+                        "longer epoch changes the seconds, not the ratio)")
     parser.add_argument("--only", choices=PARTS, help="run only this measurement; with --json, an existing file keeps "
                         "its other measurements and gets this one's keys replaced")
     parser.add_argument("--json", type=Path, help="also write the JSON result here (e.g. results/bench.json; "
@@ -430,7 +431,8 @@ def main() -> None:
         parser.error("--only and --pipeline: the pipeline timing is part of the whole run; give one of them")
     if args.quick:
         args.repeats, args.train_images, args.attack_images, args.model_images = 1, 512, 40, 512
-        args.robust_train_images = 512
+    if args.robust_train_images is None:
+        args.robust_train_images = args.train_images
     if args.only is None:
         try:
             import torchattacks  # noqa: F401
@@ -446,8 +448,6 @@ def main() -> None:
     raw = load_fashion_mnist(args.raw_dir)
     if args.model_images is None:  # what `prepare` leaves for training after carving out the validation split
         args.model_images = len(raw.train_y) - params["data"]["val_size"]
-    if args.robust_train_images is None:
-        args.robust_train_images = len(raw.train_y) - params["data"]["val_size"]
     x_train, y_train = raw.train_x, raw.train_y
     x_test, y_test = to_float(raw.test_x).to(device), raw.test_y.to(device)
     log(f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}")
