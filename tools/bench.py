@@ -21,8 +21,8 @@ Compared:
     scipy`), on a natural and a defensively distilled model (T = `temperature`), both trained with the default
     pipeline's teacher / student schedules, and a briefly trained PGD-AT model;
   * robust training (`robust_train_speedup`): one PGD-AT epoch of 12,800 Fashion-MNIST images
-    (`robustkd.training.train` with the PGDAT loss, the default model, the default pipeline's student settings, params.yaml's `engine` and `train_attack`) with the inner
-    attack as params.yaml runs it (`train_attack.bf16: true`: crafted under the training step's bf16 autocast where
+    (`robustkd.training.train` with the PGDAT loss, the default model, the default pipeline's student settings,
+    params.yaml's `engine` and `train_attack`) with the inner attack as params.yaml runs it (`train_attack.bf16: true`: crafted under the training step's bf16 autocast where
     the device has native bf16) vs the same epoch with the inner attack in fp32 (`train_attack.bf16: false`); the
     training forward and loss run as `engine` sets them on both sides. Alternating, after an untimed warm-up;
   * evaluation: the whole attack suite (`robustkd.evaluation.evaluate`, params.yaml's `attack` group) with and
