@@ -22,8 +22,8 @@ Compared:
     pipeline's teacher / student schedules, and a briefly trained PGD-AT model;
   * robust training (`robust_train_speedup`): one PGD-AT epoch of 12,800 Fashion-MNIST images
     (`robustkd.training.train` with the PGDAT loss, the default model, the default pipeline's student settings,
-    params.yaml's `engine` and `train_attack`) with the inner attack as params.yaml runs it (`train_attack.bf16: true`: crafted under the training step's bf16 autocast where
-    the device has native bf16) vs the same epoch with the inner attack in fp32 (`train_attack.bf16: false`); the
+    params.yaml's `engine` and `train_attack`) with the inner attack as params.yaml runs it (`train_attack.bf16:
+    true`: crafted under the training step's bf16 autocast where the device has native bf16) vs the same epoch with the inner attack in fp32 (`train_attack.bf16: false`); the
     training forward and loss run as `engine` sets them on both sides. Alternating, after an untimed warm-up;
   * evaluation: the whole attack suite (`robustkd.evaluation.evaluate`, params.yaml's `attack` group) with and
     without the cascade (`attack.cascade`: AutoAttack and Square only on the points still robust), which must give
@@ -462,7 +462,9 @@ def main() -> None:
                 log(f"note: {args.json}'s other measurements ran on {earlier.get('cpu')} ({earlier.get('device')}, "
                     f"{earlier.get('threads')} threads); this one on {out['cpu']} ({out['device']}, {out['threads']})")
             out = earlier
-        out["robust_train"] = {**robust_train, "command": "python tools/bench.py --only robust_train"}
+        omp = os.environ.get("OMP_NUM_THREADS")
+        out["robust_train"] = {**robust_train, "command": (f"OMP_NUM_THREADS={omp} " if omp else "")
+                               + " ".join(["python", "tools/bench.py", *sys.argv[1:]])}
         out["robust_train_speedup"] = robust_train["speedup"]
         if args.json is not None:
             atomic_write_json(args.json, out)
