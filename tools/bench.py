@@ -185,12 +185,16 @@ def reference_loading_only(root: Path, n: int, cfg: TrainConfig) -> float:
 
 
 # ------------------------------------------------------------------------------------------- robust training
-def pgd_at_epoch(x_u8, y, val, cfg: TrainConfig, device, engine: Engine, attack: InnerAttack) -> float:
-    """Seconds of ``cfg.epochs`` PGD-AT epochs through the engine's loop (validation on ``val`` included)."""
+def pgd_at_epoch(x_u8, y, val, cfg: TrainConfig, device, engine: Engine, attack: InnerAttack) -> tuple[float, float]:
+    """(wall seconds, this process's CPU seconds) of ``cfg.epochs`` PGD-AT epochs through the engine's loop
+    (validation on ``val`` included). On a CPU other processes share, the CPU seconds are what the work itself cost:
+    time spent waiting for a core is not in them (with one thread; more threads also count OpenMP's spinning)."""
     model = new_model(0, True, device)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     train(model, PGDAT(attack), (x_u8, y), val, cfg, "bench_pgd_at", engine=engine)
-    return time.perf_counter() - t0
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def git_commit(repo: Path) -> str | None:
@@ -209,8 +213,9 @@ def bench_robust_train(params: dict, raw: data.RawData, images: int, repeats: in
     """One PGD-AT epoch with the inner attack as params.yaml runs it against the same epoch with it in fp32.
 
     Same model and initial weights, data, batches and training precision (params.yaml's `engine`) on both sides; the
-    only difference is ``InnerAttack.bf16``. Alternating runs after an untimed warm-up; medians. On a machine other
-    processes share, the ratio of the two medians is the number to read (both sides see the same load).
+    only difference is ``InnerAttack.bf16``. Alternating runs after an untimed warm-up; medians of wall seconds
+    (``speedup``, the ``robust_train_speedup``) and of this process's CPU seconds (``cpu_speedup``: on a machine other
+    processes share, the wall seconds also hold the waits for a core, which differ from run to run).
     """
     engine = Engine.from_params(params["engine"])
     attack = InnerAttack.from_params(params)
@@ -222,14 +227,19 @@ def bench_robust_train(params: dict, raw: data.RawData, images: int, repeats: in
     for a in (attack, fp32_attack):  # warm-up: oneDNN builds its kernels per layout, shape and dtype on first use
         pgd_at_epoch(x_u8[:2 * cfg.batch_size], y[:2 * cfg.batch_size], val, cfg, device, engine, a)
     seconds: dict[str, list[float]] = {"params": [], "fp32": []}
+    cpu_seconds: dict[str, list[float]] = {"params": [], "fp32": []}
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     for r in range(repeats):
-        seconds["params"].append(pgd_at_epoch(x_u8, y, val, cfg, device, engine, attack))
-        seconds["fp32"].append(pgd_at_epoch(x_u8, y, val, cfg, device, engine, fp32_attack))
-        log(f"robust train run {r + 1}: inner attack as params.yaml runs it {seconds['params'][-1]:.1f} s, "
-            f"fp32 inner attack {seconds['fp32'][-1]:.1f} s")
+        for side, a in (("params", attack), ("fp32", fp32_attack)):
+            wall, cpu = pgd_at_epoch(x_u8, y, val, cfg, device, engine, a)
+            seconds[side].append(wall)
+            cpu_seconds[side].append(cpu)
+        log(f"robust train run {r + 1}: inner attack as params.yaml runs it {seconds['params'][-1]:.1f} s "
+            f"(CPU {cpu_seconds['params'][-1]:.1f} s), fp32 inner attack {seconds['fp32'][-1]:.1f} s "
+            f"(CPU {cpu_seconds['fp32'][-1]:.1f} s)")
     load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     median = {k: statistics.median(v) for k, v in seconds.items()}
+    cpu_median = {k: statistics.median(v) for k, v in cpu_seconds.items()}
     return {"images": len(y), "batch_size": cfg.batch_size, "epochs": cfg.epochs, "optimizer": cfg.optimizer,
             "lr": cfg.lr, "schedule": cfg.schedule, "repeats": repeats,
             "train_attack": {"eps": attack.eps, "steps": attack.steps, "step_size": attack.step_size,
@@ -241,6 +251,10 @@ def bench_robust_train(params: dict, raw: data.RawData, images: int, repeats: in
             "runs_seconds": [round(t, 2) for t in seconds["params"]],
             "fp32_attack_runs_seconds": [round(t, 2) for t in seconds["fp32"]],
             "speedup": round(median["fp32"] / median["params"], 3),
+            "cpu_seconds": round(cpu_median["params"], 2), "fp32_attack_cpu_seconds": round(cpu_median["fp32"], 2),
+            "cpu_runs_seconds": [round(t, 2) for t in cpu_seconds["params"]],
+            "fp32_attack_cpu_runs_seconds": [round(t, 2) for t in cpu_seconds["fp32"]],
+            "cpu_speedup": round(cpu_median["fp32"] / cpu_median["params"], 3),
             "load_average_1min": [load_before, load_after], "commit": git_commit(ROOT),
             "device": str(device), "cpu": cpu_description()["cpu"], "threads": torch.get_num_threads(),
             "torch": torch.__version__}
