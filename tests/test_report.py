@@ -221,3 +221,26 @@ def test_exp_table_reads_the_full_metrics_of_runs_that_declare_only_the_headline
     monkeypatch.setattr(report.subprocess, "run", no_git)  # e.g. not in the repository: the headline's columns
     row = report.table([entry]).splitlines()[2]
     assert row.startswith("| new | defensive_distillation | 20 | 1 | 90.0 | n/a | n/a | 2.0 | 1.0 | n/a |")
+
+
+def test_bench_table_shows_the_robust_training_epoch_in_wall_and_cpu_seconds():
+    result = bench_result(train_speedup=1.6, fraction=0.2)
+    assert "PGD-AT epoch" not in report.bench_table(result)  # older runs have none: still render
+    result["robust_train"] = {
+        "images": 3200, "batch_size": 128, "repeats": 5, "train_precision": "bf16-autocast",
+        "attack_precision": "bf16-autocast", "train_attack": {"eps": 0.1, "steps": 3, "step_size": 0.05,
+                                                              "mode": "eval", "bf16": True},
+        "seconds": 10.0, "fp32_attack_seconds": 21.0, "speedup": 2.1,
+        "cpu_seconds": 2.6, "fp32_attack_cpu_seconds": 3.7, "cpu_speedup": 1.42,
+        "load_average_1min": [15.0, 16.0], "commit": "abc1234", "cpu": "Another CPU", "threads": 1,
+        "command": "OMP_NUM_THREADS=1 python tools/bench.py --only robust_train"}
+    text = report.bench_table(result)
+    rows = [line for line in text.splitlines() if line.startswith("| PGD-AT epoch")]
+    assert len(rows) == 2
+    assert rows[0] == ("| PGD-AT epoch (3200 images, batch 128, PGD-3 ε=0.1; training bf16-autocast), seconds | "
+                       "inner attack bf16-autocast: 10.0 | inner attack fp32: 21.0 | 2.10 | ≥ 1.5 | yes |")
+    assert rows[1].startswith("| PGD-AT epoch (3200 images, batch 128, PGD-3 ε=0.1; training bf16-autocast), CPU seconds")
+    assert rows[1].endswith("| 1.42 | ≥ 1.5 | **no** |")  # each measure judged on its own
+    assert ("The PGD-AT epoch rows: 5 alternating runs per side, medians from `OMP_NUM_THREADS=1 python tools/bench.py "
+            "--only robust_train` at commit `abc1234` on Another CPU with 1 thread(s); 1-minute load average 15.0 "
+            "before, 16.0 after.") in text
