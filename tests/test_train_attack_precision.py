@@ -235,7 +235,7 @@ ATTACKS = {
 @pytest.mark.parametrize("name", sorted(ATTACKS))
 def test_evaluation_attacks_run_in_fp32_even_under_a_callers_autocast(name):
     if name == "autoattack":
-        pytest.importorskip("autoattack")
+        pytest.importorskip("pyautoattack")
     seen: list = []
     model = tiny_hooked_model(seen)
     x, y = edge_batch(4)

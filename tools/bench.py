@@ -23,8 +23,9 @@ Compared:
   * robust training (`robust_train_speedup`): one PGD-AT epoch of 12,800 Fashion-MNIST images
     (`robustkd.training.train` with the PGDAT loss, the default model, the default pipeline's student settings,
     params.yaml's `engine` and `train_attack`) with the inner attack as params.yaml runs it (`train_attack.bf16:
-    true`: crafted under the training step's bf16 autocast where the device has native bf16) vs the same epoch with the inner attack in fp32 (`train_attack.bf16: false`); the
-    training forward and loss run as `engine` sets them on both sides. Alternating, after an untimed warm-up;
+    true`: crafted under the training step's bf16 autocast where the device has native bf16) vs the same epoch with
+    the inner attack in fp32 (`train_attack.bf16: false`); the training forward and loss run as `engine` sets them on
+    both sides. Alternating, after an untimed warm-up; wall and CPU seconds;
   * evaluation: the whole attack suite (`robustkd.evaluation.evaluate`, params.yaml's `attack` group) with and
     without the cascade (`attack.cascade`: AutoAttack and Square only on the points still robust), which must give
     the same per-point worst case; with the seconds of each part of the suite. With --pipeline, also the default

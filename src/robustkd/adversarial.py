@@ -19,7 +19,8 @@ device has native bf16, else fp32) and calls the loss inside that context; with 
 attack's model forward and backward stay in it, with ``bf16: false`` crafting switches autocast off and runs in fp32
 (for comparisons). Either way only the model's forward and backward see bf16: the objective gets fp32 logits, x'
 is an fp32 tensor, the gradient with respect to it comes back in fp32, and its sign, the step and the projection
-onto the ε-ball ∩ [0, 1] are fp32 ops outside autocast. Evaluation attacks (``robustkd.attacks``) never use this module's precision: they run in fp32.
+onto the ε-ball ∩ [0, 1] are fp32 ops outside autocast. Evaluation attacks (``robustkd.attacks``) never use this
+module's precision: they run in fp32 (``robustkd.attacks.fp32``).
 Under torchrun the model arrives wrapped in DistributedDataParallel; the attack uses the module inside (``unwrap``).
 """
 from __future__ import annotations
@@ -86,8 +87,8 @@ def autocast_off() -> Iterator[None]:
 
 
 def crafting_precision(attack: "InnerAttack", device_type: str):
-    """The context of a training attack's model forward and objective: the training step's own (bf16 autocast where
-    the training loop turned it on; ``attack.bf16``) or fp32 (``attack.bf16`` false: autocast off for the block).
+    """The context of a training attack's model forward passes: the training step's own (bf16 autocast where the
+    training loop turned it on; ``attack.bf16``) or fp32 (``attack.bf16`` false: autocast off for the block).
     It never turns autocast on itself: whether bf16 is used at all stays the training loop's one decision."""
     return contextlib.nullcontext() if attack.bf16 else full_precision(device_type)
 
@@ -135,10 +136,11 @@ def maximise(model: nn.Module, x: torch.Tensor, objective: Callable[[torch.Tenso
              attack: InnerAttack) -> torch.Tensor:
     """argmax over the L∞ ball of ``objective(model(x'))`` (a scalar) by signed-gradient ascent.
 
-    Returns a detached x' (x's dtype: fp32 in training) in [0, 1] with ||x' - x||∞ <= ε. The model's modes and requires_grad flags
-    are restored afterwards. The model's forward (and so its backward) runs in :func:`crafting_precision` (the
-    training step's bf16 autocast, or fp32); the objective gets the logits as fp32 and runs with autocast off, and so
-    do the signed step and the projection, on fp32 tensors. Runs on the module inside a DDP wrapper.
+    Returns a detached x' (x's dtype: fp32 in training) in [0, 1] with ||x' - x||∞ <= ε. The model's modes and
+    requires_grad flags are restored afterwards. The model's forward (and so its backward) runs in
+    :func:`crafting_precision` (the training step's bf16 autocast, or fp32); the objective gets the logits as fp32
+    and runs with autocast off, and so do the signed step and the projection, on fp32 tensors. Runs on the module
+    inside a DDP wrapper.
     """
     model = unwrap(model)
     x = x.detach()
@@ -156,7 +158,7 @@ def maximise(model: nn.Module, x: torch.Tensor, objective: Callable[[torch.Tenso
             x_adv.requires_grad_(True)
             with crafting_precision(attack, device_type):
                 logits = model(x_adv)
-            with full_precision(device_type):  # the objective on fp32 logits (bf16 ones rounded up, not recomputed)
+            with full_precision(device_type):  # the objective on fp32 logits (bf16 ones widened, not recomputed)
                 loss = objective(logits.float())
             grad, = torch.autograd.grad(loss, x_adv)  # x_adv's dtype: autograd differentiates autocast's casts back
             with full_precision(device_type):

@@ -11,5 +11,5 @@ from .square import square
 from .transfer import transfer
 
 __all__ = ["LOSSES", "attack_in_batches", "autoattack", "autoattack_is_per_point", "ce_loss", "cw_l2", "fgsm", "fp32",
-           "frozen", "margin_loss", "pgd", "point_generators", "project_l2", "project_linf", "square", "square_is_per_point",
-           "transfer"]
+           "frozen", "margin_loss", "pgd", "point_generators", "project_l2", "project_linf", "square",
+           "square_is_per_point", "transfer"]
