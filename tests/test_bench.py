@@ -59,6 +59,37 @@ def test_bench_quick_prints_the_promised_json():
     assert models["natural"] == {"images": 512, "epochs": teacher["epochs"], "schedule": "params.yaml teacher"}
     assert models["distilled"]["epochs"] == [teacher["epochs"], student["epochs"]]
     assert models["distilled"]["temperature"] == params["temperature"]
+    check_robust_train(result, params)
+
+
+def check_robust_train(result: dict, params: dict) -> None:
+    """robust_train: one PGD-AT epoch, params.yaml's inner attack (bf16 crafting where training is bf16) vs fp32."""
+    from robustkd.training import Engine, precision_name
+    robust = result["robust_train"]
+    assert result["robust_train_speedup"] == robust["speedup"] > 0 and robust["cpu_speedup"] > 0
+    precision = precision_name(torch.device(result["device"]), Engine.from_params(params["engine"]))
+    assert robust["train_precision"] == precision and robust["fp32_attack_precision"] == "fp32"
+    assert robust["attack_precision"] == (precision if params["train_attack"]["bf16"] else "fp32")
+    assert robust["train_attack"]["steps"] == params["train_attack"]["steps"]
+    assert robust["train_attack"]["bf16"] == params["train_attack"]["bf16"]
+    assert len(robust["runs_seconds"]) == len(robust["fp32_attack_runs_seconds"]) == robust["repeats"]
+    assert robust["seconds"] > 0 and robust["fp32_attack_seconds"] > 0 and robust["images"] == 512
+
+
+@pytest.mark.slow
+def test_only_robust_train_keeps_the_files_other_measurements(tmp_path):
+    import yaml
+    out = tmp_path / "bench.json"
+    earlier = {"train_speedup": 2.0, "train": {"images": 1}, "cpu": "x", "device": "cpu", "threads": 2}
+    out.write_text(json.dumps(earlier))
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "bench.py"), "--quick", "--only", "robust_train",
+                           "--json", str(out)], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    written = json.loads(out.read_text())
+    assert written == json.loads(proc.stdout.strip().splitlines()[-1])
+    assert {k: written[k] for k in earlier} == earlier  # the other measurements are kept as they were
+    assert "--only robust_train" in written["robust_train"]["command"] and written["robust_train"]["commit"]
+    check_robust_train(written, yaml.safe_load((ROOT / "params.yaml").read_text()))
 
 
 @pytest.mark.slow

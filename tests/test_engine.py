@@ -1,9 +1,10 @@
-"""params.yaml `engine`: bf16 autocast where the device computes bf16 natively (training-time attacks stay fp32),
-torch.compile as an opt-in.
+"""params.yaml `engine`: bf16 autocast where the device computes bf16 natively (training-time attacks too, unless
+`train_attack.bf16` is false: tests/test_train_attack_precision.py), torch.compile as an opt-in.
 
 No GPU here: "CUDA" is faked by patching the device checks, and CPU autocast stands in for CUDA's. What this
 proves: the autocast context is entered exactly when `engine.bf16` is on and the device has native bf16, the loss
-runs inside it, the attack's forward passes run outside it in fp32, the precision is recorded, and without native
+runs inside it, the attack's model forward passes run inside it with `train_attack.bf16` and outside it (fp32)
+without, the attack's objective gets fp32 logits with autocast off, the precision is recorded, and without native
 bf16 the flag changes no weight.
 """
 import copy
@@ -79,11 +80,12 @@ def test_cuda_autocast_context_is_bf16(monkeypatch):
 
 
 class RecordingPGDAT:
-    """PGD-AT that records, for the loss and for each of the attack's forward passes, whether autocast is on."""
+    """PGD-AT that records, for the loss and for each of the attack's objective evaluations, whether autocast is on,
+    and the dtype of the logits the objective gets."""
 
-    def __init__(self):
+    def __init__(self, attack_bf16: bool = True):
         self.loss_autocast, self.attack_autocast, self.attack_dtypes = [], [], []
-        self.attack = InnerAttack(eps=0.1, steps=2, step_size=0.05)
+        self.attack = InnerAttack(eps=0.1, steps=2, step_size=0.05, bf16=attack_bf16)
 
     def __call__(self, model, x, y):
         self.loss_autocast.append(torch.is_autocast_enabled("cpu"))
@@ -98,14 +100,25 @@ class RecordingPGDAT:
         return F.cross_entropy(logits, y), logits
 
 
-def test_loss_under_autocast_when_the_device_has_native_bf16_attack_in_fp32(monkeypatch):
-    """Fake the hardware check: the real autocast_for then enters a (CPU) bf16 autocast around every step's loss."""
+def test_loss_under_autocast_when_the_device_has_native_bf16_attack_objective_in_fp32(monkeypatch):
+    """Fake the hardware check: the real autocast_for then enters a (CPU) bf16 autocast around every step's loss.
+    The attack's model forward runs in it (train_attack.bf16, the default) or not (false), and its objective always
+    gets fp32 logits with autocast off."""
     monkeypatch.setattr(training, "native_bf16", lambda device: True)
-    loss = RecordingPGDAT()
-    train(fresh_model(), loss, toy_data(64, 0), toy_data(20, 1), CFG, "amp", engine=Engine(bf16=True))
-    assert loss.loss_autocast == [True, True]  # two steps, each inside autocast
-    assert loss.attack_autocast and not any(loss.attack_autocast)  # crafting switched it off ...
-    assert set(loss.attack_dtypes) == {torch.float32}  # ... and ran in fp32
+    for attack_bf16 in (True, False):
+        loss = RecordingPGDAT(attack_bf16)
+        conv_dtypes = []
+        model = fresh_model()
+        first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        first_conv.register_forward_hook(lambda m, i, o: conv_dtypes.append(o.dtype))
+        train(model, loss, toy_data(64, 0), toy_data(20, 1), CFG, "amp", engine=Engine(bf16=True))
+        assert loss.loss_autocast == [True, True]  # two steps, each inside autocast
+        assert loss.attack_autocast and not any(loss.attack_autocast)  # the objective: autocast off ...
+        assert set(loss.attack_dtypes) == {torch.float32}  # ... on fp32 logits
+        # per step: 2 crafting forwards, then the loss's own (bf16); then validation (fp32)
+        crafting = [d for step in range(2) for d in conv_dtypes[3 * step:3 * step + 2]]
+        assert set(crafting) == {torch.bfloat16 if attack_bf16 else torch.float32}
+        assert conv_dtypes[2] == conv_dtypes[5] == torch.bfloat16
 
     off = RecordingPGDAT()
     train(fresh_model(), off, toy_data(64, 0), toy_data(20, 1), CFG, "amp", engine=Engine(bf16=False))

@@ -242,3 +242,26 @@ def test_every_accuracy_shows_its_interval_where_metrics_json_has_it():
     cells = report.purification_table({"student": purified}, 0.1).splitlines()[2].strip("| ").split(" | ")
     assert cells[1] == "80.0 [79.2, 80.8]" and cells[5] == "50.0 [40.0, 60.0]" and cells[9] == "20.0 [15.0, 25.0]"
     assert cells[7] == "30.0 [25.8, 34.6]" and cells[10] == "1.0 [0.3, 2.9]"
+
+
+def test_bench_table_shows_the_robust_training_epoch_in_wall_and_cpu_seconds():
+    result = bench_result(train_speedup=1.6, fraction=0.2)
+    assert "PGD-AT epoch" not in report.bench_table(result)  # older runs have none: still render
+    result["robust_train"] = {
+        "images": 3200, "batch_size": 128, "repeats": 5, "train_precision": "bf16-autocast",
+        "attack_precision": "bf16-autocast", "train_attack": {"eps": 0.1, "steps": 3, "step_size": 0.05,
+                                                              "mode": "eval", "bf16": True},
+        "seconds": 10.0, "fp32_attack_seconds": 21.0, "speedup": 2.1,
+        "cpu_seconds": 2.6, "fp32_attack_cpu_seconds": 3.7, "cpu_speedup": 1.42,
+        "load_average_1min": [15.0, 16.0], "commit": "abc1234", "cpu": "Another CPU", "threads": 1,
+        "command": "OMP_NUM_THREADS=1 python tools/bench.py --only robust_train"}
+    text = report.bench_table(result)
+    rows = [line for line in text.splitlines() if line.startswith("| PGD-AT epoch")]
+    assert len(rows) == 2
+    assert rows[0] == ("| PGD-AT epoch (3200 images, batch 128, PGD-3 ε=0.1; training bf16-autocast), seconds | "
+                       "inner attack bf16-autocast: 10.0 | inner attack fp32: 21.0 | 2.10 | ≥ 1.5 | yes |")
+    assert rows[1].startswith("| PGD-AT epoch (3200 images, batch 128, PGD-3 ε=0.1; training bf16-autocast), CPU seconds")
+    assert rows[1].endswith("| 1.42 | ≥ 1.5 | **no** |")  # each measure judged on its own
+    assert ("The PGD-AT epoch rows: 5 alternating runs per side, medians from `OMP_NUM_THREADS=1 python tools/bench.py "
+            "--only robust_train` at commit `abc1234` on Another CPU with 1 thread(s); 1-minute load average 15.0 "
+            "before, 16.0 after.") in text

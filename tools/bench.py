@@ -6,6 +6,8 @@ data, batch size and steps, in one process, alternating runs (engine, reference,
                                           # (time, peak memory), then `dvc repro` and `dvc exp run` after an
                                           # attack-only change, and the attack stage with and without the cascade
     python tools/bench.py --quick         # small sizes, a smoke test of this script (numbers not meaningful)
+    python tools/bench.py --only robust_train --json results/bench.json   # robust_train_speedup alone (about 5 min),
+                                          # merged into the file's other measurements (docs/performance.md's run)
     python tools/bench.py --pipeline --clone-dir /tmp/bench-clone --json results/bench.json   # docs/performance.md's run
 
 Compared:
@@ -18,6 +20,12 @@ Compared:
     its first adversarial iterate) vs `torchattacks.PGD` (install: `pip install --no-deps torchattacks==3.5.1
     scipy`), on a natural and a defensively distilled model (T = `temperature`), both trained with the default
     pipeline's teacher / student schedules, and a briefly trained PGD-AT model;
+  * robust training (`robust_train_speedup`): one PGD-AT epoch of 12,800 Fashion-MNIST images
+    (`robustkd.training.train` with the PGDAT loss, the default model, the default pipeline's student settings,
+    params.yaml's `engine` and `train_attack`) with the inner attack as params.yaml runs it (`train_attack.bf16:
+    true`: crafted under the training step's bf16 autocast where the device has native bf16) vs the same epoch with
+    the inner attack in fp32 (`train_attack.bf16: false`); the training forward and loss run as `engine` sets them on
+    both sides. Alternating, after an untimed warm-up; wall and CPU seconds;
   * evaluation: the whole attack suite (`robustkd.evaluation.evaluate`, params.yaml's `attack` group) with and
     without the cascade (`attack.cascade`: AutoAttack and Square only on the points still robust), which must give
     the same per-point worst case; with the seconds of each part of the suite. With --pipeline, also the default
@@ -27,6 +35,7 @@ The last line of output is one JSON object (ratios: higher is better for the eng
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import json
 import os
@@ -54,6 +63,8 @@ from robustkd.losses import PGDAT, Distillation, TemperatureCE  # noqa: E402
 from robustkd.adversarial import InnerAttack  # noqa: E402
 from robustkd.models import build_model, place  # noqa: E402
 from robustkd.training import Engine, TrainConfig, pick_device, precision_name, to_float, train  # noqa: E402
+
+PARTS = ("robust_train",)  # measurements `--only` can run alone (the others need each other's models)
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ("natural", "distilled", "robust")  # the attacked models, in the order measured
@@ -172,6 +183,82 @@ def reference_loading_only(root: Path, n: int, cfg: TrainConfig) -> float:
         for _batch in loader:
             pass
     return time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------------------------------- robust training
+def pgd_at_epoch(x_u8, y, val, cfg: TrainConfig, device, engine: Engine, attack: InnerAttack) -> tuple[float, float]:
+    """(wall seconds, this process's CPU seconds) of ``cfg.epochs`` PGD-AT epochs through the engine's loop
+    (validation on ``val`` included). On a CPU other processes share, the CPU seconds are what the work itself cost:
+    time spent waiting for a core is not in them (with one thread; more threads also count OpenMP's spinning)."""
+    model = new_model(0, True, device)
+    t0, c0 = time.perf_counter(), time.process_time()
+    train(model, PGDAT(attack), (x_u8, y), val, cfg, "bench_pgd_at", engine=engine)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def git_commit(repo: Path) -> str | None:
+    """HEAD's short hash, with ``-dirty`` when tracked files differ from it (None outside a git checkout)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, check=True, capture_output=True,
+                              text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, check=True,
+                               capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("-dirty" if dirty else "")
+
+
+def bench_robust_train(params: dict, raw: data.RawData, images: int, repeats: int, device) -> dict:
+    """One PGD-AT epoch with the inner attack as params.yaml runs it against the same epoch with it in fp32.
+
+    Same model and initial weights, data, batches and training precision (params.yaml's `engine`) on both sides; the
+    only difference is ``InnerAttack.bf16``. Alternating runs after an untimed warm-up; medians of wall seconds
+    (``speedup``, the ``robust_train_speedup``) and of this process's CPU seconds (``cpu_speedup``: on a machine other
+    processes share, the wall seconds also hold the waits for a core, which differ from run to run).
+    """
+    engine = Engine.from_params(params["engine"])
+    attack = InnerAttack.from_params(params)
+    fp32_attack = dataclasses.replace(attack, bf16=False)
+    cfg = TrainConfig.from_params({**role_settings(params, "student"), "epochs": 1}, seed=0)
+    precision = precision_name(device, engine)
+    x_u8, y = raw.train_x[:images], raw.train_y[:images]
+    val = (raw.test_x[:128], raw.test_y[:128])
+    for a in (attack, fp32_attack):  # warm-up: oneDNN builds its kernels per layout, shape and dtype on first use
+        pgd_at_epoch(x_u8[:2 * cfg.batch_size], y[:2 * cfg.batch_size], val, cfg, device, engine, a)
+    seconds: dict[str, list[float]] = {"params": [], "fp32": []}
+    cpu_seconds: dict[str, list[float]] = {"params": [], "fp32": []}
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    for r in range(repeats):
+        for side, a in (("params", attack), ("fp32", fp32_attack)):
+            wall, cpu = pgd_at_epoch(x_u8, y, val, cfg, device, engine, a)
+            seconds[side].append(wall)
+            cpu_seconds[side].append(cpu)
+        log(f"robust train run {r + 1}: inner attack as params.yaml runs it {seconds['params'][-1]:.1f} s "
+            f"(CPU {cpu_seconds['params'][-1]:.1f} s), fp32 inner attack {seconds['fp32'][-1]:.1f} s "
+            f"(CPU {cpu_seconds['fp32'][-1]:.1f} s)")
+    load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    median = {k: statistics.median(v) for k, v in seconds.items()}
+    cpu_median = {k: statistics.median(v) for k, v in cpu_seconds.items()}
+    return {"images": len(y), "batch_size": cfg.batch_size, "epochs": cfg.epochs, "optimizer": cfg.optimizer,
+            "lr": cfg.lr, "schedule": cfg.schedule, "repeats": repeats,
+            "train_attack": {"eps": attack.eps, "steps": attack.steps, "step_size": attack.step_size,
+                             "mode": attack.mode, "bf16": attack.bf16},
+            "train_precision": precision,
+            # what the inner attack's model forward/backward ran in on each side
+            "attack_precision": precision if attack.bf16 else "fp32", "fp32_attack_precision": "fp32",
+            "seconds": round(median["params"], 2), "fp32_attack_seconds": round(median["fp32"], 2),
+            "runs_seconds": [round(t, 2) for t in seconds["params"]],
+            "fp32_attack_runs_seconds": [round(t, 2) for t in seconds["fp32"]],
+            "speedup": round(median["fp32"] / median["params"], 3),
+            "cpu_seconds": round(cpu_median["params"], 2), "fp32_attack_cpu_seconds": round(cpu_median["fp32"], 2),
+            "cpu_runs_seconds": [round(t, 2) for t in cpu_seconds["params"]],
+            "fp32_attack_cpu_runs_seconds": [round(t, 2) for t in cpu_seconds["fp32"]],
+            "cpu_speedup": round(cpu_median["fp32"] / cpu_median["params"], 3),
+            "load_average_1min": [load_before, load_after], "commit": git_commit(ROOT),
+            "device": str(device), "cpu": cpu_description()["cpu"], "threads": torch.get_num_threads(),
+            "torch": torch.__version__}
 
 
 # ------------------------------------------------------------------------------------------------ PGD
@@ -337,6 +424,11 @@ def main() -> None:
     parser.add_argument("--clone-dir", type=Path, help="--pipeline: clone here and keep it (default: a temporary "
                         "folder); it then holds the default run's outputs")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that the script runs")
+    parser.add_argument("--robust-train-images", type=int, help="images of the PGD-AT epoch of robust_train_speedup "
+                        "(default: --train-images, as the training comparison; every batch costs the same, so a "
+                        "longer epoch changes the seconds, not the ratio)")
+    parser.add_argument("--only", choices=PARTS, help="run only this measurement; with --json, an existing file keeps "
+                        "its other measurements and gets this one's keys replaced")
     parser.add_argument("--json", type=Path, help="also write the JSON result here (e.g. results/bench.json; "
                         "`python tools/report.py --bench results/bench.json` renders it)")
     args = parser.parse_args()
@@ -348,12 +440,19 @@ def main() -> None:
         parser.error(f"--clone-dir {args.clone_dir}: already exists; give a new path")
     if args.model_images is not None and args.model_images < 256:
         parser.error("--model-images >= 256")
+    if args.robust_train_images is not None and args.robust_train_images < 256:
+        parser.error("--robust-train-images >= 256")
+    if args.only and args.pipeline:
+        parser.error("--only and --pipeline: the pipeline timing is part of the whole run; give one of them")
     if args.quick:
         args.repeats, args.train_images, args.attack_images, args.model_images = 1, 512, 40, 512
-    try:
-        import torchattacks  # noqa: F401
-    except ImportError:
-        parser.error("torchattacks is needed for the reference PGD: pip install --no-deps torchattacks==3.5.1 scipy")
+    if args.robust_train_images is None:
+        args.robust_train_images = args.train_images
+    if args.only is None:
+        try:
+            import torchattacks  # noqa: F401
+        except ImportError:
+            parser.error("torchattacks is needed for the reference PGD: pip install --no-deps torchattacks==3.5.1 scipy")
 
     device = pick_device()
     params = read_yaml((ROOT / "params.yaml").read_text())
@@ -369,6 +468,23 @@ def main() -> None:
     log(f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     out: dict = {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
                  **cpu_description(), "cores": os.cpu_count()}
+
+    if args.only == "robust_train":
+        robust_train = bench_robust_train(params, raw, args.robust_train_images, args.repeats, device)
+        if args.json is not None and args.json.is_file():
+            earlier = json.loads(args.json.read_text())
+            if any(earlier.get(k) != out[k] for k in ("device", "cpu", "threads")):
+                log(f"note: {args.json}'s other measurements ran on {earlier.get('cpu')} ({earlier.get('device')}, "
+                    f"{earlier.get('threads')} threads); this one on {out['cpu']} ({out['device']}, {out['threads']})")
+            out = earlier
+        omp = os.environ.get("OMP_NUM_THREADS")
+        out["robust_train"] = {**robust_train, "command": (f"OMP_NUM_THREADS={omp} " if omp else "")
+                               + " ".join(["python", "tools/bench.py", *sys.argv[1:]])}
+        out["robust_train_speedup"] = robust_train["speedup"]
+        if args.json is not None:
+            atomic_write_json(args.json, out)
+        print(json.dumps(out, sort_keys=True))
+        return
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -503,6 +619,8 @@ def main() -> None:
         out["eval_speedup_distilled"] = out["eval"]["distilled"]["speedup"]
         out["eval_speedup_robust"] = out["eval"]["robust"]["speedup"]
         out["eval_identical_worst_case"] = all(out["eval"][k]["identical_worst_case"] for k in MODELS)
+        out["robust_train"] = bench_robust_train(params, raw, args.robust_train_images, args.repeats, device)
+        out["robust_train_speedup"] = out["robust_train"]["speedup"]
         if args.pipeline:
             clone = args.clone_dir or tmp / "clone"
             out["pipeline"] = bench_pipeline(args.repo, clone)

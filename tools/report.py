@@ -280,7 +280,7 @@ def table(entries: list, model: str = "student", commit: str | None = None, expe
 
 
 # Issue targets for tools/bench.py on the 2-core CPU: (key, comparison, bound).
-BENCH_TARGETS = {"train_speedup": 1.5, "attack_speedup": 1.3, "eval_speedup": 2.0}
+BENCH_TARGETS = {"train_speedup": 1.5, "attack_speedup": 1.3, "eval_speedup": 2.0, "robust_train_speedup": 1.5}
 ATTACK_ONLY_MAX_FRACTION = 0.25
 BENCH_MODELS = ("natural", "distilled", "robust")  # the headline speedups are the natural model's
 
@@ -324,6 +324,9 @@ def bench_table(result: dict) -> str:
                      + (f"≥ {BENCH_TARGETS[key]} | " if key else "– | ")
                      + (_met(e["speedup"] >= BENCH_TARGETS[key] and e["identical_worst_case"]) if key else "–")
                      + f" (worst case identical: {'yes' if e['identical_worst_case'] else 'NO'}) |")
+    robust = result.get("robust_train")
+    if robust:  # runs from this field's introduction on
+        lines += robust_train_rows(robust)
     stage = (result.get("pipeline") or {}).get("attack_stage")
     if stage:  # runs from this field's introduction on
         lines.append(f"| default run's attack stage (`{stage['command']}`: {', '.join(stage['models'])}), seconds | "
@@ -331,6 +334,8 @@ def bench_table(result: dict) -> str:
                      f"{stage['speedup']:.2f} | – | – (worst case identical: "
                      f"{'yes' if stage['identical_worst_case'] else 'NO'}) |")
     lines.append("")
+    if robust:
+        lines += [robust_train_note(robust, result), ""]
     models = result.get("attacked_models")
     if models:
         lines.append("Attacked models: " + "; ".join(
@@ -372,6 +377,43 @@ def bench_table(result: dict) -> str:
                       f"{100 * ATTACK_ONLY_MAX_FRACTION:.0f}%: {_met(frac <= ATTACK_ONLY_MAX_FRACTION)})"
                       + (f"; with `{exp['command']}`: {100 * exp['fraction']:.1f}%." if exp else ".")]
     return "\n".join(lines)
+
+
+def robust_train_rows(robust: dict) -> list[str]:
+    """bench.py's robust_train: one PGD-AT epoch, the inner attack as params.yaml runs it vs in fp32, in wall seconds
+    (``robust_train_speedup``) and in the process's CPU seconds (what a machine other processes share cannot
+    inflate)."""
+    a = robust["train_attack"]
+    what = (f"PGD-AT epoch ({robust['images']} images, batch {robust['batch_size']}, PGD-{a['steps']} ε={a['eps']:g}; "
+            f"training {robust['train_precision']})")
+    target = BENCH_TARGETS["robust_train_speedup"]
+    rows = []
+    for label, here, fp32, ratio in (("seconds", robust["seconds"], robust["fp32_attack_seconds"], robust["speedup"]),
+                                     ("CPU seconds", robust.get("cpu_seconds"), robust.get("fp32_attack_cpu_seconds"),
+                                      robust.get("cpu_speedup"))):
+        if ratio is None:
+            continue
+        rows.append(f"| {what}, {label} | inner attack {robust['attack_precision']}: {here:.1f} | "
+                    f"inner attack fp32: {fp32:.1f} | {ratio:.2f} | ≥ {target} | {_met(ratio >= target)} |")
+    return rows
+
+
+def robust_train_note(robust: dict, result: dict) -> str:
+    """Where the robust_train rows come from, when that differs from the rest of the file (``--only robust_train``)."""
+    load = robust.get("load_average_1min") or []
+    parts = [f"The PGD-AT epoch rows: {robust['repeats']} alternating runs per side, medians"]
+    if robust.get("command"):
+        parts.append(f"from `{robust['command']}`")
+    if robust.get("commit"):
+        parts.append(f"at commit `{robust['commit']}`")
+    if robust.get("cpu") and robust.get("cpu") != result.get("cpu"):
+        parts.append(f"on {robust['cpu']}")
+    if robust.get("threads") is not None and robust.get("threads") != result.get("threads"):
+        parts.append(f"with {robust['threads']} thread(s)")
+    text = " ".join(parts)
+    if len(load) == 2 and None not in load:
+        text += f"; 1-minute load average {load[0]:.1f} before, {load[1]:.1f} after"
+    return text + "."
 
 
 def main(argv: list[str] | None = None) -> None:

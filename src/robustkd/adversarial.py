@@ -13,9 +13,15 @@ training seeds and saves in its resume file, so a resumed run crafts the same ex
 and is not updated, dropout is off, as in TRADES' and RSLAD's code) or "train" (batch statistics of
 the adversarial batch, as in Madry et al.'s TensorFlow code). Parameters never get gradients here.
 
-Crafting runs in fp32 even when the training step runs under bf16 autocast (CUDA, `engine.bf16`): the attack's
-gradient signs are computed at full precision, and only the training loss that uses x' is in bf16. Under torchrun
-the model arrives wrapped in DistributedDataParallel; the attack uses the module inside (``unwrap``).
+Precision (``InnerAttack.bf16``, params.yaml ``train_attack.bf16``): crafting runs in the precision the training step
+runs in. ``robustkd.training.train`` decides that once per run (bf16 autocast where ``engine.bf16`` is on and the
+device has native bf16, else fp32) and calls the loss inside that context; with ``bf16: true`` (the default) the
+attack's model forward and backward stay in it, with ``bf16: false`` crafting switches autocast off and runs in fp32
+(for comparisons). Either way only the model's forward and backward see bf16: the objective gets fp32 logits, x'
+is an fp32 tensor, the gradient with respect to it comes back in fp32, and its sign, the step and the projection
+onto the ε-ball ∩ [0, 1] are fp32 ops outside autocast. Evaluation attacks (``robustkd.attacks``) never use this
+module's precision: they run in fp32 (``robustkd.attacks.fp32``).
+Under torchrun the model arrives wrapped in DistributedDataParallel; the attack uses the module inside (``unwrap``).
 """
 from __future__ import annotations
 
@@ -65,10 +71,26 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def full_precision(device_type: str):
-    """Autocast switched off for the block if it is on (bf16 training on CUDA); a no-op otherwise."""
+    """Autocast switched off for the block if it is on (bf16 training); a no-op otherwise."""
     if torch.is_autocast_enabled(device_type):
         return torch.autocast(device_type=device_type, enabled=False)
     return contextlib.nullcontext()
+
+
+@contextmanager
+def autocast_off() -> Iterator[None]:
+    """Autocast switched off for the block on every device type where it is on (CPU and CUDA)."""
+    with contextlib.ExitStack() as stack:
+        for device_type in ("cpu", "cuda"):
+            stack.enter_context(full_precision(device_type))
+        yield
+
+
+def crafting_precision(attack: "InnerAttack", device_type: str):
+    """The context of a training attack's model forward passes: the training step's own (bf16 autocast where the
+    training loop turned it on; ``attack.bf16``) or fp32 (``attack.bf16`` false: autocast off for the block).
+    It never turns autocast on itself: whether bf16 is used at all stays the training loop's one decision."""
+    return contextlib.nullcontext() if attack.bf16 else full_precision(device_type)
 
 
 def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -78,13 +100,14 @@ def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tens
 
 @dataclass(frozen=True)
 class InnerAttack:
-    """One training-time PGD: ε, number of steps, step size (absolute), start, model mode."""
+    """One training-time PGD: ε, number of steps, step size (absolute), start, model mode, precision."""
 
     eps: float
     steps: int
     step_size: float
     random_start: str = "uniform"   # uniform in the ε-ball (Madry) | normal: 0.001·N(0, 1) (TRADES)
     mode: str = "eval"
+    bf16: bool = True               # craft in the training step's precision (bf16 autocast where it is on); False: fp32
 
     def __post_init__(self):
         if not 0.0 <= self.eps <= 1.0:
@@ -97,6 +120,8 @@ class InnerAttack:
             raise ValueError(f"random_start must be 'uniform' or 'normal', got {self.random_start!r}")
         if self.mode not in MODES:
             raise ValueError(f"train_attack.mode must be one of {list(MODES)}, got {self.mode!r}")
+        if not isinstance(self.bf16, bool):
+            raise ValueError(f"train_attack.bf16 must be true or false, got {self.bf16!r}")
 
     @classmethod
     def from_params(cls, params: dict, random_start: str = "uniform") -> "InnerAttack":
@@ -104,15 +129,18 @@ class InnerAttack:
         group = params["train_attack"]
         eps = group["eps"] if group["eps"] is not None else params["attack"]["headline_eps"]
         return cls(eps=float(eps), steps=group["steps"], step_size=group["step_size_ratio"] * float(eps),
-                   random_start=random_start, mode=group["mode"])
+                   random_start=random_start, mode=group["mode"], bf16=group["bf16"])
 
 
 def maximise(model: nn.Module, x: torch.Tensor, objective: Callable[[torch.Tensor], torch.Tensor],
              attack: InnerAttack) -> torch.Tensor:
     """argmax over the L∞ ball of ``objective(model(x'))`` (a scalar) by signed-gradient ascent.
 
-    Returns a detached x' in [0, 1] with ||x' - x||∞ <= ε. The model's modes and requires_grad flags
-    are restored afterwards. Runs in fp32 (autocast off) on the module inside a DDP wrapper.
+    Returns a detached x' (x's dtype: fp32 in training) in [0, 1] with ||x' - x||∞ <= ε. The model's modes and
+    requires_grad flags are restored afterwards. The model's forward (and so its backward) runs in
+    :func:`crafting_precision` (the training step's bf16 autocast, or fp32); the objective gets the logits as fp32
+    and runs with autocast off, and so do the signed step and the projection, on fp32 tensors. Runs on the module
+    inside a DDP wrapper.
     """
     model = unwrap(model)
     x = x.detach()
@@ -122,12 +150,17 @@ def maximise(model: nn.Module, x: torch.Tensor, objective: Callable[[torch.Tenso
         noise = 0.001 * torch.randn(x.shape, dtype=x.dtype)
     # empty_like keeps x's memory format (channels_last): the model's fast path
     x_adv = project_linf(x + torch.empty_like(x).copy_(noise), x, attack.eps)
-    with frozen(model), full_precision(x.device.type):
+    device_type = x.device.type
+    with frozen(model):
         if attack.mode == "train":
             model.train()
         for _ in range(attack.steps):
             x_adv.requires_grad_(True)
-            loss = objective(model(x_adv))
-            grad, = torch.autograd.grad(loss, x_adv)
-            x_adv = project_linf(x_adv.detach() + attack.step_size * grad.sign(), x, attack.eps)
+            with crafting_precision(attack, device_type):
+                logits = model(x_adv)
+            with full_precision(device_type):  # the objective on fp32 logits (bf16 ones widened, not recomputed)
+                loss = objective(logits.float())
+            grad, = torch.autograd.grad(loss, x_adv)  # x_adv's dtype: autograd differentiates autocast's casts back
+            with full_precision(device_type):
+                x_adv = project_linf(x_adv.detach() + attack.step_size * grad.sign(), x, attack.eps)
     return x_adv.detach()

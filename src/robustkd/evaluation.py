@@ -158,6 +158,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@attacks.fp32
 def evaluate(model: nn.Module, name: str, x_test: torch.Tensor, y_test: torch.Tensor, attack_idx: torch.Tensor,
              cfg: dict, transfer_adv: dict[str, torch.Tensor], on_classifier: dict | None = None,
              extra_transfer: dict[str, dict[str, torch.Tensor]] | None = None,

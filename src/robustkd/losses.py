@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .adversarial import InnerAttack, full_precision, maximise, unwrap
+from .adversarial import InnerAttack, crafting_precision, maximise, unwrap
 
 
 def kl(target_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -100,12 +100,13 @@ class PGDAT(AdversarialObjective):
 
 
 def _trades_adversarial(model: nn.Module, x: torch.Tensor, attack: InnerAttack) -> torch.Tensor:
-    """TRADES' inner step: maximise KL(f(x) ‖ f(x')), f(x) fixed and computed in the crafting mode."""
+    """TRADES' inner step: maximise KL(f(x) ‖ f(x')), f(x) fixed and computed in the crafting mode and precision
+    (both sides of the KL at the same precision: at x' ≈ x its gradient is then not rounding error between two)."""
     model = unwrap(model)  # no DDP forward without a backward
     mode = model.training
     model.train(attack.mode == "train")
-    with full_precision(x.device.type):  # part of the crafting: fp32, like maximise
-        clean = _frozen_logits(model, x)
+    with crafting_precision(attack, x.device.type):  # part of the crafting, like maximise's forward passes
+        clean = _frozen_logits(model, x).float()
     model.train(mode)
     return maximise(model, x, lambda z: kl(clean, z), attack)
 

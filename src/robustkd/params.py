@@ -318,6 +318,7 @@ SCHEMA = Group(
                 "steps": Int(0, 10_000),
                 "step_size_ratio": Float(0.0, 10.0, min_exclusive=True),
                 "mode": Choice(("eval", "train")),
+                "bf16": Bool(),
             }
         ),
         "trades": Group({"beta": Float(0.0, 1e4)}),

@@ -13,8 +13,9 @@ seconds without a training step. A training step that runs out of memory ends th
 the batch-size param to lower; nothing is written before the first step has succeeded.
 
 Engine (params.yaml `engine`): on a device that computes bf16 natively (a CUDA GPU with bf16, a CPU with AVX512-BF16
-or AMX) the training forward and loss run under bf16 autocast (``engine.bf16``); elsewhere, and with
-``engine.bf16: false``, training is fp32. The model can be compiled (``engine.compile``, opt-in). Under
+or AMX) the training forward and loss run under bf16 autocast (``engine.bf16``), and so do training-time attacks'
+model passes (``train_attack.bf16``, robustkd.adversarial); elsewhere, and with ``engine.bf16: false``, training is
+fp32. The model can be compiled (``engine.compile``, opt-in). Under
 ``torchrun`` (WORLD_SIZE > 1) the same loop trains with DistributedDataParallel (see ``robustkd.distributed``):
 each process takes an equal share of every global batch of ``batch_size`` samples, in the single-process order.
 

@@ -29,7 +29,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from .common import check_eps, check_inputs, check_norm, check_positive_int, frozen, point_generator, point_key
+from .common import (check_eps, check_inputs, check_norm, check_positive_int, fp32, frozen, point_generator,
+                     point_key)
 
 AA_ATTACKS = ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
 AA_VERSIONS = ("standard", "plus", "rand", "custom")
@@ -104,6 +105,7 @@ def _check_attacks(version: str, attacks: Optional[Sequence[str]]) -> Optional[l
     return list(attacks)
 
 
+@fp32
 def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "Linf",
                version: str = "standard", attacks: Optional[Sequence[str]] = None, batch_size: int = 500,
                seed: int = 0, verbose: bool = False, apgd_restarts: Optional[int] = None

@@ -6,25 +6,40 @@ Contract (torchattacks-style) for every attack in this package:
   * attacks run with the model frozen (see ``frozen``) and return a detached x_adv in [0, 1]
     inside the ε-ball;
   * randomness comes only from an explicit CPU ``torch.Generator``; random tensors are drawn on
-    the CPU and moved to ``x.device`` so that CPU and CUDA runs see the same stream.
+    the CPU and moved to ``x.device`` so that CPU and CUDA runs see the same stream;
+  * attacks run in fp32 (``fp32``): autocast is off inside them even when the caller left a bf16 autocast on
+    (training-time attacks, which may run in bf16, are ``robustkd.adversarial``'s, not these).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
-from typing import Callable, Sequence, Union
+from typing import Callable, Sequence, TypeVar, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..adversarial import frozen, project_linf  # noqa: F401  (shared with training-time attacks)
+from ..adversarial import autocast_off, frozen, project_linf  # noqa: F401  (shared with training-time attacks)
 
 # A single generator for the whole batch, or one generator per point (batch-size invariant, see
 # ``attack_in_batches``).
 GeneratorArg = Union[torch.Generator, Sequence[torch.Generator], None]
 
 NORMS = ("linf", "l2")
+
+F_ = TypeVar("F_", bound=Callable)
+
+
+def fp32(fn: F_) -> F_:
+    """``fn`` with autocast switched off for the call (CPU and CUDA): an evaluation attack measures the model in
+    fp32 whatever context it is called from. Every public attack of this package and ``evaluation.evaluate`` use it."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with autocast_off():
+            return fn(*args, **kwargs)
+    return run
 
 
 # ----------------------------------------------------------------------------------------- losses

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .common import check_inputs, check_positive, check_positive_int, frozen
+from .common import check_inputs, check_positive, check_positive_int, fp32, frozen
 
 _C_UNBOUNDED = 1e10   # "no successful c yet" marker for the upper end of the binary search
 
@@ -30,6 +30,7 @@ class TensorAdam:
         self.param.addcdiv_(self.exp_avg, denom, value=-(self.lr / (1 - beta1 ** step)))
 
 
+@fp32
 def cw_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 100, binary_search_steps: int = 5,
           c_init: float = 0.1, lr: float = 0.01, confidence: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """minimise ||x' - x||² + c·max(z_y - max_{j≠y} z_j + κ, 0) over x' = (tanh(w) + 1) / 2 with Adam.

@@ -4,9 +4,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .common import check_eps, check_inputs, check_loss, frozen, input_grad
+from .common import check_eps, check_inputs, check_loss, fp32, frozen, input_grad
 
 
+@fp32
 def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, loss: str = "ce") -> torch.Tensor:
     """x + ε·sign(∇ₓ loss), clamped to [0, 1]. Default loss: CE of the deployed softmax (seed papers' protocol)."""
     eps = check_eps(eps, "linf")

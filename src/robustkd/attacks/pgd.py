@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from .common import (GeneratorArg, check_eps, check_inputs, check_loss, check_norm, check_positive,
-                     check_positive_int, frozen, input_grad, normalize_l2, project, random_delta)
+                     check_positive_int, fp32, frozen, input_grad, normalize_l2, project, random_delta)
 
 
 def _select(generator: GeneratorArg, idx: torch.Tensor, n: int) -> GeneratorArg:
@@ -77,6 +77,7 @@ def _pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: 
     return x_best.detach()
 
 
+@fp32
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, step_size: float,
         norm: str = "linf", loss: str = "ce", restarts: int = 1, random_start: bool = True,
         generator: GeneratorArg = None) -> torch.Tensor:

@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .common import check_eps, check_inputs, check_norm, check_positive_int, frozen, point_generator, point_key
+from .common import (check_eps, check_inputs, check_norm, check_positive_int, fp32, frozen, point_generator,
+                     point_key)
 
 _SQUARE_NORMS = {"linf": "Linf", "l2": "L2"}
 _SQUARE_SALT = 0x5175617265  # "Square": its per-point streams differ from APGD's for the same seed and point
@@ -59,6 +60,7 @@ class PerPointStripes:
         return torch.stack(rows).to(x.device)
 
 
+@fp32
 def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n_queries: int = 1000, seed: int = 0,
            norm: str = "Linf") -> torch.Tensor:
     """Untargeted Square Attack (margin loss, 1 restart, p_init = 0.8 as in AutoAttack).

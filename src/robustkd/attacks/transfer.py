@@ -11,10 +11,11 @@ import torch
 from torch import nn
 
 from .common import (GeneratorArg, check_eps, check_inputs, check_loss, check_positive, check_positive_int,
-                     frozen)
+                     fp32, frozen)
 from .pgd import _pgd
 
 
+@fp32
 def transfer(source_model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, step_size: float,
              loss: str = "margin", generator: GeneratorArg = None) -> torch.Tensor:
     """PGD-L∞ (1 restart, random start) on ``source_model``; evaluate the result on the target model.

@@ -72,7 +72,8 @@ def recorded_training(training: str) -> str:
 
 def train_attack_record(attack: InnerAttack) -> dict:
     """The training attack as recorded with a checkpoint."""
-    return {"eps": attack.eps, "steps": attack.steps, "step_size": attack.step_size, "mode": attack.mode}
+    return {"eps": attack.eps, "steps": attack.steps, "step_size": attack.step_size, "mode": attack.mode,
+            "bf16": attack.bf16}
 
 
 def loss_params(params: dict) -> dict:
