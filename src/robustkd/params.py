@@ -319,6 +319,17 @@ SCHEMA = Group(
                 "kd_only_from": PROBABILITY,
                 "normalize_weights": Bool(),
                 "teacher_evaluation": Choice(TEACHER_EVALUATIONS),
+                "select": Group(
+                    {
+                        "k": Nullable(Int(1, 1000)),
+                        "n_points": Nullable(Int(1)),
+                        "eps": Nullable(EPS),
+                        "steps": Int(1, 100_000),
+                        "step_size_ratio": Float(0.0, 10.0, min_exclusive=True),
+                        "batch_size": Int(1, 1 << 16),
+                        "seed": Int(0, 2**31 - 1),
+                    }
+                ),
             }
         ),
         "ard": Group({"kd_temperature": Float(0.0, 1e4, min_exclusive=True), "alpha": PROBABILITY}),
@@ -392,9 +403,30 @@ def _cross_checks(p: dict) -> list[str]:
     if p["method"] == "darht" and not any(t["use"] for t in darht["pool"].values()):
         errors.append(f"`darht.pool`: method darht needs at least one teacher with `use: true`; none of "
                       f"{', '.join(darht['pool'])} has it")
+    errors.extend(_selection_checks(p))
     if p["data"]["test_subset"] is not None and attack["n_points"] is not None and attack["n_points"] > p["data"]["test_subset"]:
         errors.append(f"`attack.n_points` = {attack['n_points']}: larger than `data.test_subset` = {p['data']['test_subset']}")
     return errors
+
+
+MAX_SELECTION_SUBSETS = 1_000_000  # darht.select scores every K-subset of the candidates
+
+
+def _selection_checks(p: dict) -> list[str]:
+    """`darht.select.k` against the pool (method darht only: other methods ignore `darht.select`)."""
+    k = p["darht"]["select"]["k"]
+    if p["method"] != "darht" or k is None:
+        return []
+    candidates = [name for name, t in p["darht"]["pool"].items() if t["use"]]
+    if k > len(candidates):
+        return [f"`darht.select.k` = {k}: larger than the pool of {len(candidates)} candidate(s) (the `use: true` "
+                f"entries of `darht.pool`: {', '.join(candidates)}); lower k to at most {len(candidates)}, add "
+                f"candidates, or set k to null (no selection: every `use: true` entry is a teacher)"]
+    if math.comb(len(candidates), k) > MAX_SELECTION_SUBSETS:
+        return [f"`darht.select.k` = {k}: {math.comb(len(candidates), k)} subsets of the {len(candidates)} "
+                f"candidates to score, more than the exhaustive search's limit of {MAX_SELECTION_SUBSETS}; "
+                f"use fewer candidates or a k further from half the pool"]
+    return []
 
 
 def validate(params: Any) -> dict:
