@@ -39,6 +39,19 @@ def test_darht_homogeneous_preset_swaps_the_families_for_one_family_and_keeps_k(
     assert {k: v for k, v in homo["darht"].items() if k != "pool"} == {k: v for k, v in base["darht"].items() if k != "pool"}
 
 
+def test_darht_select_pool_preset_gives_six_candidates_of_four_families_and_k():
+    base = validate(load(ROOT / "params.yaml"))
+    preset = validate(merge(base, load(PRESETS / "darht_select_pool.yaml")))
+    candidates = [t for t in preset["darht"]["pool"].values() if t["use"]]
+    assert preset["method"] == "darht" and len(candidates) >= 6
+    assert {t["arch"] for t in candidates} == {"papernot_cnn", "resnet_small", "mobilenetv2_small", "vit_small"}
+    assert len({(t["arch"], t["width"], t.get("depth"), t["seed"]) for t in candidates}) == len(candidates)
+    assert 2 <= preset["darht"]["select"]["k"] < len(candidates)
+    # `dvc exp run -S darht.select.k=3` on top of it is valid too; the training budget is the default pool's
+    validate({**preset, "darht": {**preset["darht"], "select": {**preset["darht"]["select"], "k": 3}}})
+    assert preset["darht"]["teacher_training"] == base["darht"]["teacher_training"]
+
+
 def test_every_preset_is_covered():
     assert {p.name for p in PRESETS.glob("*.yaml")} == {"cifar10.yaml", "cifar100.yaml", "robust_resnet18.yaml",
-                                                       "darht_homogeneous.yaml"}
+                                                       "darht_homogeneous.yaml", "darht_select_pool.yaml"}
