@@ -422,6 +422,10 @@ def _selection_checks(p: dict) -> list[str]:
         return [f"`darht.select.k` = {k}: larger than the pool of {len(candidates)} candidate(s) (the `use: true` "
                 f"entries of `darht.pool`: {', '.join(candidates)}); lower k to at most {len(candidates)}, add "
                 f"candidates, or set k to null (no selection: every `use: true` entry is a teacher)"]
+    n_points, val_size = p["darht"]["select"]["n_points"], p["data"]["val_size"]
+    if n_points is not None and n_points > val_size:
+        return [f"`darht.select.n_points` = {n_points}: larger than the validation split (`data.val_size` = "
+                f"{val_size}); lower it or set it to null (the whole validation split)"]
     if math.comb(len(candidates), k) > MAX_SELECTION_SUBSETS:
         return [f"`darht.select.k` = {k}: {math.comb(len(candidates), k)} subsets of the {len(candidates)} "
                 f"candidates to score, more than the exhaustive search's limit of {MAX_SELECTION_SUBSETS}; "
