@@ -7,7 +7,9 @@ same bytes), wall-clock time never does. They are read from .timing/<role>.json,
 beside its checkpoint: neither a DVC output nor a dep, so a retraining that gives the same checkpoint reruns
 nothing downstream, and a rerun of this stage alone reports the latest training times. Method darht:
 darht_transferability.json (the teachers' K x K transferability matrix, and each teacher's transfer to the student)
-and its heatmap; other methods write an empty matrix there. Torch-free (robustkd.stage, robustkd.suite), so the stage starts fast.
+and its heatmap; other methods write an empty matrix there. With `darht.select.k`, metrics.json's `darht_selection`
+(the student's record of results/darht_select.json) and plots/darht/selection.png, the validation matrix the teachers
+were chosen from. Torch-free (robustkd.stage, robustkd.suite), so the stage starts fast.
 
 results/outcomes.json: every model's per-point outcomes as bitsets (robustkd.outcomes), kept in git for paired
 comparisons (tools/compare.py, the studies): clean correctness over the test set from the predict stage's files,
@@ -25,6 +27,7 @@ from robustkd.paths import ATTACK_RESULTS_DIR, PREDICTIONS_DIR, TIMING_DIR
 from robustkd.suite import autoattack_label, eps_key
 
 PLOTS_DIR = Path("plots")
+SELECTION_HEATMAP = PLOTS_DIR / "darht" / "selection.png"
 
 
 def train_seconds(role: str) -> float | None:
@@ -196,12 +199,20 @@ def main(params: dict) -> None:
     heatmap = PLOTS_DIR / "darht" / "transferability.png"
     heatmap.parent.mkdir(parents=True, exist_ok=True)
     (heatmap.parent / ".keep").touch()
+    selection = metrics.get("student", {}).get("darht_selection")
     if matrix["teachers"]:
         plotting.transferability_heatmap(matrix, heatmap)
         print(f"[metrics] DARHT transferability (mean off-diagonal success {matrix['mean_off_diagonal']}): "
               f"{json.dumps(matrix['success_rate'])}")
     else:
         heatmap.unlink(missing_ok=True)  # a direct run after a DARHT one (DVC itself removes outputs first)
+    # darht.select.k: the validation matrix the teachers were chosen from (the student's record), chosen ones starred
+    if selection:
+        plotting.selection_heatmap(selection, SELECTION_HEATMAP)
+        print(f"[metrics] DARHT teachers chosen on the validation split: {', '.join(selection['chosen'])} of "
+              f"{', '.join(selection['candidates'])} (mean pairwise transferability {selection['score']})")
+    else:
+        SELECTION_HEATMAP.unlink(missing_ok=True)
     print(closing_summary(metrics, headline))
 
 

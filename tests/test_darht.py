@@ -2,6 +2,7 @@
 schedule, adversarial batches, reduction to plain KD), its params, the teacher-stage marker and the
 transferability matrix."""
 import copy
+import itertools
 import json
 import math
 import subprocess
@@ -11,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from fractions import Fraction
 from torch import nn
 
 from conftest import ROOT
@@ -19,7 +21,7 @@ from robustkd.adversarial import InnerAttack
 from robustkd.diagnostics import masking_reasons, summarise, transferability
 from robustkd.errors import ParamsError
 from robustkd.losses import DARHT, Distillation, kd_kl
-from robustkd.methods import darht_pool
+from robustkd.methods import darht_pool, darht_select
 from robustkd.methods.darht import Darht, student_loss
 from robustkd.methods.registry import METHODS
 from robustkd.models import (Classifier, FeatureMapHead, build_model, load_checkpoint, model_spec, place,
@@ -433,3 +435,228 @@ def test_a_models_own_transfer_is_not_a_black_box_attack():
     r["model"] = "student"  # crafted on another model: a black-box attack that beats white-box is a flag
     assert sum(weak) > 0 and any("black-box transfer_darht_a" in s for s in masking_reasons(r, thresholds))
     assert "black_box" in summarise(r, thresholds)["masking_codes"].split(",")
+
+
+# --- teacher selection by transferability (darht.select) --------------------------------------------------------
+
+NAMES = ["a", "b", "c", "d", "e"]
+
+
+def matrix_of(off_diagonal, diagonal=1.0, names=NAMES):
+    """T[s][t]: ``off_diagonal(s, t)`` off the diagonal."""
+    return {s: {t: diagonal if s == t else off_diagonal(s, t) for t in names} for s in names}
+
+
+def test_choose_returns_the_argmin_subset_of_a_hand_made_matrix():
+    # a, c and e transfer little among themselves; b and d transfer much, to and from everyone
+    m = matrix_of(lambda s, t: 0.1 if {s, t} <= {"a", "c", "e"} else 0.8)
+    chosen, score = darht_select.choose(NAMES, m, 3)
+    assert chosen == ["a", "c", "e"] and score == Fraction(0.1)
+    others = [darht_select.subset_score(sub, m) for sub in itertools.combinations(NAMES, 3) if list(sub) != chosen]
+    assert len(others) == 9 and all(s > score for s in others)  # every other subset scores strictly worse
+    # a subset's score: the mean over its pairs of the symmetric mean (T[i][j] + T[j][i]) / 2
+    assert darht_select.subset_score(["a", "b", "c"], m) == (Fraction(0.8) + Fraction(0.8) + Fraction(0.1)) / 3
+
+
+def test_choose_uses_both_directions_and_ignores_the_diagonal():
+    names = ["a", "b", "c"]
+    t = {("a", "b"): 0.0, ("b", "a"): 0.9, ("a", "c"): 0.4, ("c", "a"): 0.4, ("b", "c"): 0.5, ("c", "b"): 0.5}
+    m = matrix_of(lambda s, u: t[s, u], names=names)
+    # one direction alone would pick {a, b} (0.0); the symmetric mean is 0.45 there, 0.4 for {a, c}
+    assert darht_select.choose(names, m, 2) == (["a", "c"], Fraction(0.4))
+    assert darht_select.choose(names, matrix_of(lambda s, u: t[s, u], diagonal=0.0, names=names), 2)[0] == ["a", "c"]
+
+
+def test_ties_go_to_the_first_subset_in_pool_order():
+    flat = matrix_of(lambda s, t: 0.5)
+    assert darht_select.choose(NAMES, flat, 2) == (["a", "b"], Fraction(0.5))
+    assert darht_select.choose(NAMES, flat, 3)[0] == ["a", "b", "c"]
+    assert darht_select.choose(["e", "d", "c", "b", "a"], flat, 2)[0] == ["e", "d"]  # pool order, not the names
+    # {a, d} and {b, c} tie at the minimum: {a, d} comes first in combinations order
+    low = ({"a", "d"}, {"b", "c"})
+    m = matrix_of(lambda s, t: 0.2 if {s, t} in low else 0.7)
+    assert darht_select.choose(NAMES, m, 2) == (["a", "d"], Fraction(0.2))
+    assert darht_select.choose(NAMES, m, 2) == darht_select.choose(NAMES, copy.deepcopy(m), 2)
+
+
+def test_k_equal_to_the_pool_chooses_all_and_k_one_the_first():
+    m = matrix_of(lambda s, t: 0.1 * (NAMES.index(s) + 1))
+    chosen, score = darht_select.choose(NAMES, m, 5)
+    assert chosen == NAMES
+    assert score == sum((Fraction(0.1 * (NAMES.index(s) + 1)) + Fraction(0.1 * (NAMES.index(t) + 1))) / 2
+                        for s, t in itertools.combinations(NAMES, 2)) / 10
+    assert darht_select.choose(NAMES, m, 1) == (["a"], None)  # no pair to score
+    for k in (0, 6):
+        with pytest.raises(ValueError, match=f"k = {k} for 5"):
+            darht_select.choose(NAMES, m, k)
+
+
+def test_a_pair_with_no_point_both_classify_correctly_counts_as_fully_transferable():
+    names = ["a", "b", "c"]
+    m = matrix_of(lambda s, t: None if {s, t} == {"a", "b"} else 0.9, names=names)
+    assert darht_select.choose(names, m, 2) == (["a", "c"], Fraction(0.9))  # the unmeasured pair scores 1
+
+
+class Reader(nn.Module):
+    """Predicts the class written in the first pixel (class / 10), but shifts the classes in ``wrong`` by one."""
+
+    def __init__(self, wrong=()):
+        super().__init__()
+        self.wrong = set(wrong)
+
+    def forward(self, x):
+        c = (x[:, 0, 0, 0] * 10).round().long() % 10
+        shifted = torch.tensor([int(v) in self.wrong for v in c])
+        return F.one_hot(torch.where(shifted, (c + 1) % 10, c), 10).float() * 5
+
+
+def test_measure_counts_only_points_both_teachers_classify_correctly(monkeypatch):
+    """Source a's examples fool points 0, 1, 4; source b's points 2, 5. Teacher b gets classes 4 and 5 wrong."""
+    from robustkd import attacks
+
+    y = torch.arange(6)
+    x = (y.float() / 10).view(6, 1, 1, 1).expand(6, 1, 2, 2).contiguous()
+    a, b = Reader(), Reader(wrong={4, 5})
+    crafted = {id(a): [0, 1, 4], id(b): [2, 5]}
+    seen = []
+
+    def fake_attack(attack, model, xb, yb, batch_size, generator=None, **kw):
+        seen.append((attack, kw["eps"], kw["steps"], kw["step_size"], kw["loss"], generator.initial_seed()))
+        out = xb.clone()
+        out[crafted[id(model)]] += 0.1  # one class up: every reader is fooled there
+        return out
+
+    monkeypatch.setattr(attacks, "attack_in_batches", fake_attack)
+    measured = darht_select.measure({"a": a, "b": b}, x, y, eps=0.1, steps=3, step_size=0.05, batch_size=4, seed=7)
+    assert measured["clean_correct"] == {"a": 6, "b": 4}
+    assert measured["n_both"] == {"a": {"a": 6, "b": 4}, "b": {"a": 4, "b": 4}}
+    # a -> b: point 4 is fooled but b gets it wrong anyway; b -> a: point 5 is not counted, b gets it wrong
+    assert measured["hits"] == {"a": {"a": 3, "b": 2}, "b": {"a": 1, "b": 1}}
+    assert darht_select.rates(measured) == {"a": {"a": Fraction(1, 2), "b": Fraction(1, 2)},
+                                            "b": {"a": Fraction(1, 4), "b": Fraction(1, 4)}}
+    assert seen == [(attacks.transfer, 0.1, 3, 0.05, "margin", 7)] * 2
+
+
+def selection_params(k=2):
+    p = default_params()
+    p["method"] = "darht"
+    lenet = {"use": True, "arch": "lenet", "width": "mnist", "training": "pgd_at"}
+    p["darht"]["pool"] = {"one": {**lenet, "seed": 1}, "two": {**lenet, "seed": 2}, "off": {**lenet, "seed": 3, "use": False},
+                          "three": {**lenet, "seed": 4}}
+    p["darht"]["select"].update(k=k, n_points=30, steps=2, batch_size=16)
+    return params_mod.validate(p)
+
+
+def test_the_selection_stage_measures_on_the_validation_split_only(tmp_path, monkeypatch):
+    from fixtures_data import write_fashion_mnist_idx
+    from robustkd import data
+
+    monkeypatch.chdir(tmp_path)
+    write_fashion_mnist_idx(tmp_path / "raw", n_train=150, n_test=40, seed=0)
+    meta = data.prepare("fashion_mnist", tmp_path / "raw", tmp_path / "data/prepared", val_size=40, seed=0)
+    spec = model_spec("lenet", meta)
+    for seed, name in enumerate(("one", "two", "three")):
+        torch.manual_seed(seed)
+        save_checkpoint(darht_pool.checkpoint_path(name), build_model(**spec), spec, {"darht_teacher": name})
+    (tmp_path / "data/prepared/test.pt").unlink()  # loading the test split would fail
+    loaded = []
+    real = data.load_split
+    monkeypatch.setattr(data, "load_split", lambda folder, split: loaded.append(split) or real(folder, split))
+    p = selection_params(k=2)
+    darht_select.run_stage(p)
+    assert loaded == ["val"]
+    record = json.loads((tmp_path / "results/darht_select.json").read_text())
+    assert record["selected"] and record["split"] == "val" and record["n_points"] == 30 and record["k"] == 2
+    assert record["candidates"] == ["one", "two", "three"]  # the `use: true` entries, in pool order
+    assert record["attack"] == {"name": "pgd_linf_margin_last_iterate", "eps": 0.1, "steps": 2, "step_size": 0.025,
+                                "seed": 0}
+    exact = {s: {t: Fraction(record["n_fooled"][s][t], n) if n else None for t, n in row.items()}
+             for s, row in record["n_both_correct"].items()}
+    chosen, score = darht_select.choose(record["candidates"], exact, 2)
+    assert record["chosen"] == chosen and record["score"] == round(float(score), 4)
+    correct = record["n_clean_correct"]
+    assert all(record["n_fooled"][s][t] <= record["n_both_correct"][s][t] <= min(correct[s], correct[t])
+               for s in correct for t in correct)
+    assert all(record["n_both_correct"][s][s] == correct[s] for s in correct)
+    cells = json.loads((tmp_path / "plots/darht_select.json").read_text())
+    assert len(cells) == 9 and sum(c["source_chosen"] and c["target_chosen"] for c in cells) == 4
+    # the student reads the chosen set, checked against the params
+    assert darht_select.student_teachers(p) == chosen
+    assert darht_select.student_record(p)["darht_selection"]["chosen"] == chosen
+    with pytest.raises(ParamsError, match=r"written for other settings.*dvc repro darht_select"):
+        darht_select.student_teachers(selection_params(k=3))
+    p["darht"]["select"]["n_points"] = 41
+    with pytest.raises(ParamsError, match=r"`darht.select.n_points` = 41: the prepared validation split has only 40"):
+        darht_select.run_stage(p)
+    assert not (tmp_path / "results/darht_select.json").exists()
+    with pytest.raises(ParamsError, match=r"results/darht_select.json: not found.*dvc repro darht_select"):
+        darht_select.student_teachers(selection_params(k=2))
+    p["darht"]["select"]["k"] = None  # no selection: every `use: true` entry, the file is not read
+    assert darht_select.student_teachers(p) == ["one", "two", "three"]
+
+
+@pytest.mark.parametrize("method,k,reason", [("defensive_distillation", 2, "not darht"), ("darht", None, "is null")])
+def test_without_a_selection_the_stage_writes_a_marker_without_importing_torch(tmp_path, method, k, reason):
+    p = default_params()
+    p["method"] = method
+    p["darht"]["select"]["k"] = k
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    code = ("import runpy, sys; sys.argv = ['darht_select.py']; "
+            f"sys.path.insert(0, {str(ROOT / 'src')!r}); "
+            f"runpy.run_path({str(ROOT / 'src' / 'darht_select.py')!r}, run_name='__main__'); "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    marker = json.loads((tmp_path / "results/darht_select.json").read_text())
+    assert marker["selected"] is False and reason in marker["reason"] and set(marker) == {"selected", "reason"}
+    assert json.loads((tmp_path / "plots/darht_select.json").read_text()) == []
+
+
+@pytest.mark.parametrize("mutate,expected", [
+    (lambda p: p["darht"]["select"].update(k=5),
+     "`darht.select.k` = 5: larger than the pool of 4 candidate(s) (the `use: true` entries of `darht.pool`: "
+     "papernot, resnet, mobilenetv2, vit)"),
+    (lambda p: (p["darht"]["select"].update(k=4), p["darht"]["pool"]["vit"].update(use=False)),
+     "`darht.select.k` = 4: larger than the pool of 3 candidate(s)"),
+    (lambda p: p["darht"]["select"].update(k=0), "`darht.select.k` = 0: out of range"),
+    (lambda p: p["darht"]["select"].update(k=-1), "`darht.select.k` = -1: out of range"),
+    (lambda p: p["darht"]["select"].update(kk=2), "`darht.select.kk`: unknown key; did you mean `darht.select.k`?"),
+    (lambda p: p["darht"]["select"].update(steps=0), "`darht.select.steps` = 0: out of range"),
+    (lambda p: p["darht"]["select"].update(k=2, n_points=5001),
+     "`darht.select.n_points` = 5001: larger than the validation split (`data.val_size` = 5000)"),
+    (lambda p: (p["darht"]["pool"].update({f"extra_{i}": dict(p["darht"]["pool"]["papernot"], seed=10 + i)
+                                            for i in range(20)}), p["darht"]["select"].update(k=12)),
+     "`darht.select.k` = 12: 2704156 subsets of the 24 candidates to score, more than the exhaustive search's limit"),
+])
+def test_bad_selection_params_are_refused_naming_the_pool(mutate, expected):
+    p = default_params()
+    p["method"] = "darht"
+    mutate(p)
+    assert expected in errors_of(p)
+
+
+def test_selection_params_of_another_method_are_ignored():
+    p = default_params()
+    assert p["method"] != "darht" and p["darht"]["select"]["k"] is None
+    p["darht"]["select"]["k"] = 9  # more than the pool: ignored, the method does not select
+    params_mod.validate(p)
+    assert not darht_select.selection_active(p) and darht_select.student_record(p) == {}
+    p["darht"]["select"]["k"] = 0  # the value itself is still checked
+    assert "`darht.select.k` = 0: out of range" in errors_of(p)
+
+
+def test_the_test_split_matrix_marks_the_chosen_teachers(tmp_path):
+    results = [
+        fake_result("darht_a", [1, 1, 1, 1], {"darht_a": [0], "darht_b": [1]}, "a"),
+        fake_result("darht_b", [1, 1, 1, 1], {"darht_a": [2], "darht_b": [3]}, "b"),
+        fake_result("student", [1, 1, 1, 1], {"darht_a": [], "darht_b": []}),
+    ]
+    assert "chosen" not in transferability(results)
+    selection = {"k": 1, "split": "val", "n_points": 4, "attack": {"eps": 0.1}, "candidates": ["a", "b"],
+                 "chosen": ["b"], "score": None, "success_rate": {"a": {"a": 1.0, "b": 0.5}, "b": {"a": 0.0, "b": 1.0}}}
+    results[-1]["info"]["darht_selection"] = selection
+    assert transferability(results)["chosen"] == ["darht_b"]
+    from robustkd import plotting
+    plotting.selection_heatmap(selection, tmp_path / "selection.png")
+    plotting.transferability_heatmap(transferability(results), tmp_path / "transferability.png")
+    assert (tmp_path / "selection.png").read_bytes()[:4] == (tmp_path / "transferability.png").read_bytes()[:4] == b"\x89PNG"

@@ -68,6 +68,8 @@ BAD = {
     "eps > 1": (_set("attack.headline_eps", 1.5), "`attack.headline_eps` = 1.5: out of range; allowed: [0.0, 1.0]"),
     "unknown method": (_set("method", "defensive_distilation"),
                        "`method` = 'defensive_distilation': unknown; allowed: natural, defensive_distillation"),
+    "darht.select.k > pool": (lambda p: (_set("method", "darht")(p), _set("darht.select.k", 5)(p)),
+                              "`darht.select.k` = 5: larger than the pool of 4 candidate(s)"),
 }
 
 

@@ -2,9 +2,11 @@
 import json
 import re
 import sys
+from fractions import Fraction
 
 import pytest
 
+from robustkd.methods.darht_select import choose, subset_score
 from robustkd.outcomes import read_outcomes
 from tiny_repo import ROOT, darht_stages, make_tiny_repo, run, set_params, stages_run
 
@@ -193,7 +195,9 @@ def test_exp_run_darht_end_to_end(repo):
     out = run(["dvc", "exp", "run", *darht], repo)
     assert stages_run(out.stdout) == CHECK | {"teacher", "assistant", "student", "predict", "attack", "metrics"} | DARHT_STAGES
     used = ["papernot", "resnet", "mobilenetv2", "vit"]
-    assert DARHT_STAGES == {f"darht_teacher@{n}" for n in used}  # the default pool: the 4 used teachers only
+    # the default pool: the 4 used teachers only, and the selection's marker (darht.select.k is null)
+    assert DARHT_STAGES == {f"darht_teacher@{n}" for n in used} | {"darht_select"}
+    assert json.loads((repo / "results" / "darht_select.json").read_text())["selected"] is False
     metrics = json.loads((repo / "metrics.json").read_text())
     assert set(metrics) == {"teacher", "student", *(f"darht_{n}" for n in used)}
     assert [metrics[f"darht_{n}"]["arch"] for n in used] == ["papernot_cnn", "resnet_small", "mobilenetv2_small",
@@ -215,11 +219,32 @@ def test_exp_run_darht_end_to_end(repo):
     assert (repo / "plots" / "darht" / "transferability.png").read_bytes()[:4] == b"\x89PNG"
     timing = json.loads((repo / "timing.json").read_text())
     assert {f"darht_{n}" for n in used} <= set(timing["train_seconds"])
-    # one teacher changes: only its stage retrains, then the student and the evaluation
+    # one teacher changes: only its stage retrains, then the student and the evaluation (and darht_select, which
+    # reads the pool: without a selection it rewrites its marker, unchanged)
     out = run(["dvc", "exp", "run", *darht, "-S", "darht.pool.vit.depth=2"], repo)
-    assert stages_run(out.stdout) == CHECK | {"darht_teacher@vit", "student", "predict", "attack", "metrics"}
-    # a student-only setting leaves every teacher alone
-    out = run(["dvc", "exp", "run", *darht, "-S", "darht.pool.vit.depth=2", "-S", "darht.adversarial_prob=1.0"], repo)
-    assert stages_run(out.stdout) == CHECK | {"student", "predict", "attack", "metrics"}
+    assert stages_run(out.stdout) == CHECK | {"darht_teacher@vit", "darht_select", "student", "predict", "attack",
+                                              "metrics"}
+    # student-side settings leave every teacher alone: here, with darht.select.k = 2, the student learns from the 2
+    # of the 4 candidates with the lowest mean pairwise transferability on the validation split
+    out = run(["dvc", "exp", "run", *darht, "-S", "darht.pool.vit.depth=2", "-S", "darht.adversarial_prob=1.0",
+               "-S", "darht.select.k=2"], repo)
+    assert stages_run(out.stdout) == CHECK | {"darht_select", "student", "predict", "attack", "metrics"}
+    selection = json.loads((repo / "results" / "darht_select.json").read_text())
+    assert selection["selected"] is True and selection["split"] == "val" and selection["n_points"] == 60
+    assert selection["candidates"] == used and len(selection["chosen"]) == 2
+    exact = {s: {t: Fraction(selection["n_fooled"][s][t], n) if n else None
+                 for t, n in row.items()} for s, row in selection["n_both_correct"].items()}
+    assert choose(used, exact, 2) == (selection["chosen"], subset_score(selection["chosen"], exact))
+    assert round(float(subset_score(selection["chosen"], exact)), 4) == selection["score"]
+    assert len(json.loads((repo / "plots" / "darht_select.json").read_text())) == 4 * 4
+    student = json.loads((repo / "metrics.json").read_text())["student"]
+    assert student["darht_selection"]["chosen"] == selection["chosen"]
+    assert student["darht_selection"]["success_rate"] == selection["success_rate"]
+    info = json.loads((repo / "results" / "attack" / "student.json").read_text())["info"]
+    assert info["darht_teachers"] == selection["chosen"]  # distilled from the chosen teachers only
+    matrix = json.loads((repo / "darht_transferability.json").read_text())
+    assert matrix["teachers"] == [f"darht_{n}" for n in used]  # every candidate is still evaluated (test split)
+    assert matrix["chosen"] == [f"darht_{n}" for n in selection["chosen"]]
+    assert (repo / "plots" / "darht" / "selection.png").read_bytes()[:4] == b"\x89PNG"
     run(["git", "checkout", "params.yaml"], repo)
     run(["dvc", "checkout"], repo)

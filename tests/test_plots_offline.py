@@ -85,9 +85,16 @@ def test_plots_show_draws_every_plot_offline(template, tmp_path):
     # The committed default run has no DARHT matrix (method ltd): DVC writes that plot as an empty spec, and the
     # plots/darht folder (absent in a fresh clone: git keeps no empty folder) as another.
     empty = {i for i, s in specs.items() if not s}
-    darht_empty = json.loads((ROOT / "plots" / "darht_transferability.json").read_text()) == []
-    assert {i for i in empty if i != DARHT_FOLDER} == ({i for i in specs if i.startswith("DARHT")} if darht_empty
-                                                       else set())
+
+    def no_data(name):  # a method without DARHT writes [] (and a checkout older than the selection stage, nothing)
+        path = ROOT / "plots" / name
+        return not path.is_file() or json.loads(path.read_text()) == []
+
+    selection = {i for i in specs if i.startswith("DARHT_teacher_selection")}
+    matrix = {i for i in specs if i.startswith("DARHT")} - selection
+    assert len(selection) == len(matrix) == 1, sorted(specs)
+    assert {i for i in empty if i != DARHT_FOLDER} == ((matrix if no_data("darht_transferability.json") else set())
+                                                       | (selection if no_data("darht_select.json") else set()))
     assert len(specs) - len(empty) >= 7
     drawn = _drawn(index, tmp_path / "profile")
     assert {i for i in specs if i not in empty and drawn[i] == 0} == set(), drawn
@@ -121,6 +128,9 @@ def test_plots_diff_draws_offline_and_clears_stale_images(template, tmp_path):
         [{**row, "temperature": 50, "sensitivity_softmax": row["sensitivity_softmax"] / 2} for row in sens]))
     (repo / "plots" / "darht_transferability.json").write_text(json.dumps(
         [{"source": s, "target": t, "success_rate": 0.5 if s != t else 1.0} for s in "ab" for t in "ab"]))
+    (repo / "plots" / "darht_select.json").write_text(json.dumps(  # and a teacher selection's matrix
+        [{"source": s, "target": t, "success_rate": 0.4 if s != t else 1.0, "source_chosen": s != "c",
+          "target_chosen": t != "c"} for s in "abc" for t in "abc"]))
     (repo / "plots" / "darht").mkdir(exist_ok=True)  # its heatmap PNG (any PNG will do)
     shutil.copy2(repo / "plots" / "robust_vs_eps.png", repo / "plots" / "darht" / "transferability.png")
     out = repo / "dvc_plots"

@@ -104,7 +104,7 @@ def attack_step(model, x, y, params) -> None:
 
 def test_every_paper_preset_is_covered():
     assert set(PAPER_PRESETS) | {"cifar10.yaml", "cifar100.yaml", "robust_resnet18.yaml", "darht_homogeneous.yaml",
-                               "quick_autoattack.yaml"} \
+                               "quick_autoattack.yaml", "darht_select_pool.yaml"} \
         == {p.name for p in PRESETS.glob("*.yaml")}
     for name in PAPER_PRESETS:
         assert "Never run on a GPU here" in (PRESETS / name).read_text()
@@ -220,3 +220,16 @@ def test_paper_presets_say_what_they_are():
     assert imagenet["attack"]["headline_eps"] == pytest.approx(4 / 255)
     for name in ("ltd_awp_cifar10.yaml", "ltd_awp_imagenet.yaml"):
         assert set(load(PRESETS / name)["awp"]) == AWP_KEYS and paper_params(name)["awp"]["enabled"] is True
+
+
+def test_darht_select_pool_preset_gives_six_candidates_of_four_families_and_k():
+    base = validate(load(ROOT / "params.yaml"))
+    preset = validate(merge(base, load(PRESETS / "darht_select_pool.yaml")))
+    candidates = [t for t in preset["darht"]["pool"].values() if t["use"]]
+    assert preset["method"] == "darht" and len(candidates) >= 6
+    assert {t["arch"] for t in candidates} == {"papernot_cnn", "resnet_small", "mobilenetv2_small", "vit_small"}
+    assert len({(t["arch"], t["width"], t.get("depth"), t["seed"]) for t in candidates}) == len(candidates)
+    assert 2 <= preset["darht"]["select"]["k"] < len(candidates)
+    # `dvc exp run -S darht.select.k=3` on top of it is valid too; the training budget is the default pool's
+    validate({**preset, "darht": {**preset["darht"], "select": {**preset["darht"]["select"], "k": 3}}})
+    assert preset["darht"]["teacher_training"] == base["darht"]["teacher_training"]

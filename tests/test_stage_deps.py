@@ -10,7 +10,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-TORCH_FREE = {"validate", "darht_teacher", "metrics"}
+TORCH_FREE = {"validate", "darht_teacher", "darht_select", "metrics"}
 
 # Imports the stage's script as `python src/<stage>.py` would (without running main) and reports what it loaded.
 PROBE = """

@@ -31,6 +31,7 @@ def tiny_params() -> dict:
         if "epochs" in p[role]:
             p[role]["epochs"] = 2
     p["darht"]["teacher_training"].update(epochs=1, batch_size=64)
+    p["darht"]["select"].update(n_points=60, steps=2, batch_size=30)  # of the 100 validation points
     p["train_attack"].update(steps=1)  # adversarial training still crafts its examples; one step does it
     a = p["attack"]
     a.update(n_points=40, batch_size=20, eps=[0.1, 0.3], headline_eps=0.1, sensitivity_points=20,
@@ -46,10 +47,10 @@ def tiny_params() -> dict:
 
 
 def darht_stages(params: dict | None = None) -> set[str]:
-    """The `darht_teacher@<name>` stages (one per entry of darht.pool); for other methods they only write a marker,
-    but they run whenever `method` changes."""
+    """The `darht_teacher@<name>` stages (one per entry of darht.pool) and `darht_select`; for other methods they
+    only write a marker, but they run whenever `method` changes."""
     p = params or read_yaml((ROOT / "params.yaml").read_text())
-    return {f"darht_teacher@{name}" for name in p["darht"]["pool"]}
+    return {f"darht_teacher@{name}" for name in p["darht"]["pool"]} | {"darht_select"}
 
 
 def env() -> dict[str, str]:

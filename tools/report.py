@@ -243,6 +243,9 @@ def transfer_table(matrix: dict) -> str:
     lines.append("")
     lines.append(f"ε = {matrix['eps']:g}; mean off-diagonal success {_fmt(matrix.get('mean_off_diagonal'))}%; "
                  f"clean-correct attacked points per target: {counts}.")
+    if matrix.get("chosen"):
+        lines.append(f"The student learnt from {', '.join(map(short, matrix['chosen']))}, chosen on the validation "
+                     f"split (darht.select.k; results/darht_select.json); this test-split matrix is a report.")
     return "\n".join(lines)
 
 

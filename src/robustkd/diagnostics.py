@@ -189,6 +189,9 @@ def summarise(result: dict, thresholds: dict) -> dict:
         "gradient_masking": int(bool(codes)),  # 1 = flagged; the reasons in words: results/gradient_masking.md
         "masking_codes": codes,                # the checks that fired (MASKING_CODES), e.g. "ce_gap,large_eps"
         **purification_summary(result, headline),
+        # method darht with darht.select.k: the candidates, the validation matrix, the chosen set and its score, as
+        # the student's checkpoint recorded them from results/darht_select.json (null otherwise)
+        "darht_selection": info.get("darht_selection"),
     }
 
 
@@ -199,7 +202,9 @@ def transferability(results: list[dict]) -> dict:
     fraction misclassified by the examples crafted on ``source`` (margin PGD, last iterate, ``transfer_<source>``).
     Points the target already gets wrong are not counted: they say nothing about transfer. Sources and the K x K
     targets are the DARHT teachers (the diagonal is each teacher's own, white-box, success rate);
-    ``success_rate_on_student`` is the black-box transfer from each teacher to the student.
+    ``success_rate_on_student`` is the black-box transfer from each teacher to the student. With ``darht.select.k``
+    the teachers are every candidate, and ``chosen`` lists those the student learnt from (chosen on the validation
+    split by the stage darht_select; this test-split matrix is a report, never used to choose).
     """
     teachers = [r["model"] for r in results if r["info"].get("darht_teacher")]
     if not teachers:
@@ -223,4 +228,7 @@ def transferability(results: list[dict]) -> dict:
     if "student" in by_name:
         out["success_rate_on_student"] = {s: rate(s, "student")[0] for s in teachers}
         out["n_clean_correct"]["student"] = rate(teachers[0], "student")[1]
+        selection = by_name["student"]["info"].get("darht_selection")
+        if selection:  # darht.select.k: every candidate is evaluated here; the student learnt from these
+            out["chosen"] = [f"darht_{name}" for name in selection["chosen"]]
     return out

@@ -15,6 +15,6 @@ STUDENT_PARAMS: dict[str, tuple[str, ...]] = {
     "ltd": ("ltd",),
     "purification": ("purifier_student",),
     "darht": ("darht.pool", "darht.kd_loss", "darht.kd_temperature", "darht.adversarial_prob", "darht.ce_kd_from",
-              "darht.kd_only_from", "darht.normalize_weights"),
+              "darht.kd_only_from", "darht.normalize_weights", "darht.select.k"),
 }
 METHOD_NAMES = tuple(STUDENT_PARAMS)

@@ -334,6 +334,17 @@ SCHEMA = Group(
                 "kd_only_from": PROBABILITY,
                 "normalize_weights": Bool(),
                 "teacher_evaluation": Choice(TEACHER_EVALUATIONS),
+                "select": Group(
+                    {
+                        "k": Nullable(Int(1, 1000)),
+                        "n_points": Nullable(Int(1)),
+                        "eps": Nullable(EPS),
+                        "steps": Int(1, 100_000),
+                        "step_size_ratio": Float(0.0, 10.0, min_exclusive=True),
+                        "batch_size": Int(1, 1 << 16),
+                        "seed": Int(0, 2**31 - 1),
+                    }
+                ),
             }
         ),
         "awp": Group({"enabled": Bool(), "gamma": Float(0.0, 1.0, min_exclusive=True), "warmup_epochs": Int(0, 10_000)}),
@@ -437,9 +448,34 @@ def _cross_checks(p: dict) -> list[str]:
     if p["method"] == "darht" and not any(t["use"] for t in darht["pool"].values()):
         errors.append(f"`darht.pool`: method darht needs at least one teacher with `use: true`; none of "
                       f"{', '.join(darht['pool'])} has it")
+    errors.extend(_selection_checks(p))
     if p["data"]["test_subset"] is not None and attack["n_points"] is not None and attack["n_points"] > p["data"]["test_subset"]:
         errors.append(f"`attack.n_points` = {attack['n_points']}: larger than `data.test_subset` = {p['data']['test_subset']}")
     return errors
+
+
+MAX_SELECTION_SUBSETS = 1_000_000  # darht.select scores every K-subset of the candidates
+
+
+def _selection_checks(p: dict) -> list[str]:
+    """`darht.select.k` against the pool (method darht only: other methods ignore `darht.select`)."""
+    k = p["darht"]["select"]["k"]
+    if p["method"] != "darht" or k is None:
+        return []
+    candidates = [name for name, t in p["darht"]["pool"].items() if t["use"]]
+    if k > len(candidates):
+        return [f"`darht.select.k` = {k}: larger than the pool of {len(candidates)} candidate(s) (the `use: true` "
+                f"entries of `darht.pool`: {', '.join(candidates)}); lower k to at most {len(candidates)}, add "
+                f"candidates, or set k to null (no selection: every `use: true` entry is a teacher)"]
+    n_points, val_size = p["darht"]["select"]["n_points"], p["data"]["val_size"]
+    if n_points is not None and n_points > val_size:
+        return [f"`darht.select.n_points` = {n_points}: larger than the validation split (`data.val_size` = "
+                f"{val_size}); lower it or set it to null (the whole validation split)"]
+    if math.comb(len(candidates), k) > MAX_SELECTION_SUBSETS:
+        return [f"`darht.select.k` = {k}: {math.comb(len(candidates), k)} subsets of the {len(candidates)} "
+                f"candidates to score, more than the exhaustive search's limit of {MAX_SELECTION_SUBSETS}; "
+                f"use fewer candidates or a k further from half the pool"]
+    return []
 
 
 def validate(params: Any) -> dict:

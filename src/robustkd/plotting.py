@@ -142,28 +142,54 @@ def purification_grid(x: torch.Tensor, y: torch.Tensor, rows: dict[str, tuple[to
     _save(fig, path)
 
 
+def _heatmap(grid: list[list[float | None]], rows: list[str], cols: list[str], chosen: set[str], title: str,
+             path: Path) -> None:
+    """A success-rate heatmap; the labels of the ``chosen`` teachers are bold and starred, their cells outlined."""
+    values = [[float("nan") if v is None else v for v in row] for row in grid]
+    fig, ax = plt.subplots(figsize=(1.3 * len(cols) + 2, 1.1 * len(rows) + 1.5))
+    im = ax.imshow(values, vmin=0, vmax=1, cmap="viridis")
+    for i, row in enumerate(grid):
+        for j, v in enumerate(row):
+            ax.text(j, i, "n/a" if v is None else f"{100 * v:.0f}%", ha="center", va="center",
+                    color="white" if v is not None and v < 0.6 else "black", fontsize=9)
+            if rows[i] in chosen and cols[j] in chosen:
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+    label = lambda n: ("★ " if n in chosen else "") + n.removeprefix("darht_")  # noqa: E731
+    ax.set_xticks(range(len(cols)), [label(t) for t in cols], rotation=30, ha="right")
+    ax.set_yticks(range(len(rows)), [label(t) for t in rows])
+    for names, ticks in ((cols, ax.get_xticklabels()), (rows, ax.get_yticklabels())):
+        for name, tick in zip(names, ticks):
+            if name in chosen:
+                tick.set_fontweight("bold")
+    ax.set_xlabel("evaluated on (target)")
+    ax.set_ylabel("crafted on (source)")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    _save(fig, path)
+
+
 def transferability_heatmap(matrix: dict, path: Path) -> None:
     """Rows: the teacher the PGD examples were crafted on; columns: the model they are evaluated on (the K
-    teachers, then the student). Cell: attack success rate over the target's clean-correct points."""
+    teachers, then the student). Cell: attack success rate over the target's clean-correct points. With a
+    selection (``matrix["chosen"]``), the teachers the student learnt from are starred."""
     teachers = matrix.get("teachers") or []
     if not teachers:  # the metrics stage draws it for method darht only
         raise ValueError("transferability_heatmap: no DARHT teachers in this matrix")
     targets = teachers + (["student"] if "success_rate_on_student" in matrix else [])
     grid = [[(matrix["success_rate"][s].get(t) if t != "student" else matrix["success_rate_on_student"][s])
              for t in targets] for s in teachers]
-    values = [[float("nan") if v is None else v for v in row] for row in grid]
-    fig, ax = plt.subplots(figsize=(1.3 * len(targets) + 2, 1.1 * len(teachers) + 1.5))
-    im = ax.imshow(values, vmin=0, vmax=1, cmap="viridis")
-    for i, row in enumerate(grid):
-        for j, v in enumerate(row):
-            ax.text(j, i, "n/a" if v is None else f"{100 * v:.0f}%", ha="center", va="center",
-                    color="white" if v is not None and v < 0.6 else "black", fontsize=9)
-    short = lambda n: n.removeprefix("darht_")  # noqa: E731
-    ax.set_xticks(range(len(targets)), [short(t) for t in targets], rotation=30, ha="right")
-    ax.set_yticks(range(len(teachers)), [short(t) for t in teachers])
-    ax.set_xlabel("evaluated on (target)")
-    ax.set_ylabel("crafted on (source)")
-    ax.set_title(f"Adversarial transferability, PGD at ε={matrix['eps']:g}\n(success rate over the target's "
-                 f"clean-correct points)", fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    _save(fig, path)
+    chosen = set(matrix.get("chosen") or [])
+    note = "; ★ = chosen on the validation split (darht_select)" if chosen else ""
+    _heatmap(grid, teachers, targets, chosen, f"Adversarial transferability, PGD at ε={matrix['eps']:g}, test split\n"
+             f"(success rate over the target's clean-correct points{note})", path)
+
+
+def selection_heatmap(selection: dict, path: Path) -> None:
+    """The matrix darht_select chose from (validation split; cell: success rate among the points both classify
+    correctly), the chosen teachers starred and their pairs outlined."""
+    candidates = selection["candidates"]
+    grid = [[selection["success_rate"][s][t] for t in candidates] for s in candidates]
+    _heatmap(grid, candidates, candidates, set(selection["chosen"]),
+             f"DARHT teacher selection: K={selection['k']} of {len(candidates)} (★), mean pairwise transferability "
+             f"{selection['score']}\nPGD at ε={selection['attack']['eps']:g} on {selection['n_points']} validation "
+             f"points (success rate among the points both classify correctly)", path)

@@ -104,10 +104,11 @@ def train_pool_member(params: dict, name: str) -> None:
                    [evaluated], None)
 
 
-def teacher_checkpoints(params: dict) -> list[tuple[str, Path]]:
-    """(name, checkpoint) of the K used teachers; a clear error if a teacher stage has not trained one."""
+def teacher_checkpoints(params: dict, names: list[str] | None = None) -> list[tuple[str, Path]]:
+    """(name, checkpoint) of ``names`` (default: every used teacher); a clear error if a teacher stage has not
+    trained one."""
     out = []
-    for name in used_teachers(params):
+    for name in used_teachers(params) if names is None else names:
         path, folder = checkpoint_path(name), darht_teacher_dir(name)
         if not path.is_file():
             why = ((json.loads((folder / manifest.MANIFEST).read_text())["note"] or "")
