@@ -39,6 +39,8 @@ class RoleSpec:
     ``build(device) -> (model, spec)`` replaces the default classifier from ``group``; it runs after seeding, so
     initial weights depend on ``seed`` only.
     ``single_process_reason``: why the role cannot train under torchrun (None: it can).
+    ``init_state``: weights loaded into the model before training (a teacher's `init_from`, robustkd.pretrained);
+    the file's sha256 belongs in ``record``.
     """
     role: str
     group: dict
@@ -52,6 +54,7 @@ class RoleSpec:
     output_temperature: float = 1.0
     build: Callable[[torch.device], tuple[nn.Module, dict]] | None = None
     single_process_reason: str | None = None
+    init_state: dict | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -99,6 +102,8 @@ def train_role(spec: RoleSpec, run: TrainingRun) -> dict:
         model = place(build_model(**model_description), device)
     else:
         model, model_description = spec.build(device)
+    if spec.init_state is not None:
+        model.load_state_dict(spec.init_state)
     cfg = TrainConfig.from_params(spec.group, spec.seed)
     run_id = [spec.role, model_description, spec.record, run.meta["files"], [sha256_file(p) for p in spec.upstream]]
     result = train(model, spec.loss, run.train_data, run.val_data, cfg, spec.role, live_dir=spec.live_dir,
