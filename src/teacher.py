@@ -5,7 +5,7 @@ models/purifiers/models.json (empty for the other methods).
 Everything comes from the stage's resolved configuration, results/config/teacher.json (robustkd.teacher_config,
 written by the validate stage, the stage's only params-derived dep): `teacher.training: auto` resolved, the loss's
 own params only, the `teacher.init_from` file's sha256. So methods that need the same teacher (ard, rslad, ltd) share
-one, and DVC keeps or restores it instead of training it again.
+one: DVC keeps it instead of training it again.
 """
 import shutil
 

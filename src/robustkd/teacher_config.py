@@ -5,7 +5,9 @@ The validate stage writes it to results/config/teacher.json (kept in git, `cache
 on that file and its code, not on params, and trains from the file's content. A change that leaves the teacher as it
 is leaves the file's bytes as they are, so DVC reruns nothing in the teacher stage: switching `method` among ard,
 rslad and ltd (one robust PGD-AT teacher), or changing `temperature` when the teacher is not trained at a
-temperature. A configuration seen before is restored from DVC's run cache instead of being trained again.
+temperature. (DVC's run cache does not restore a configuration seen before: it skips stages with uncached outputs,
+and the teacher's dvclive logs are kept in git; set back, the teacher trains again to the same bytes, so nothing
+downstream reruns.)
 
 The file holds (absent keys are not read by the stage):
 
