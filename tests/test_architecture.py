@@ -111,3 +111,8 @@ def test_method_names_are_listed_once_and_followed():
             assert key.split(".")[0] in params_mod.SCHEMA.fields, (method, key)
             assert key in student_params or key.split(".")[0] in student_params, \
                 f"dvc.yaml's student stage lacks `{key}`, which method {method} reads"
+    # the teacher stage's resolved configuration knows every method's teacher and extras
+    from robustkd.method_names import TEACHER_EXTRAS, TEACHER_TRAINING
+    from robustkd.teacher_config import EXTRAS
+    assert set(TEACHER_TRAINING) == set(METHOD_NAMES) and set(EXTRAS) == set(TEACHER_EXTRAS)
+    assert set(TEACHER_TRAINING.values()) <= set(params_mod.TEACHER_TRAININGS) - {"auto"}

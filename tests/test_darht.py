@@ -21,6 +21,7 @@ from robustkd.adversarial import InnerAttack
 from robustkd.diagnostics import masking_reasons, summarise, transferability
 from robustkd.errors import ParamsError
 from robustkd.losses import DARHT, Distillation, kd_kl
+from robustkd.method_names import TEACHER_TRAINING
 from robustkd.methods import darht_pool, darht_select
 from robustkd.methods.darht import Darht, student_loss
 from robustkd.methods.registry import METHODS
@@ -299,7 +300,7 @@ def test_the_method_registry_builds_darht_from_params():
     p["method"] = "darht"
     params_mod.validate(p)
     m = METHODS["darht"]
-    assert isinstance(m, Darht) and m.teacher_training == "natural" and m.single_process_reason
+    assert isinstance(m, Darht) and TEACHER_TRAINING["darht"] == "natural" and m.single_process_reason
     loss = student_loss(p, [teacher(1), teacher(2)])
     assert isinstance(loss, DARHT) and len(loss.teachers) == 2
     assert loss.attack.eps == p["attack"]["headline_eps"] and loss.adversarial_prob == p["darht"]["adversarial_prob"]

@@ -161,7 +161,8 @@ def test_stage_scripts_run_under_torchrun(tmp_path):
     params["engine"]["bf16"] = False
     repos = {name: make_tiny_repo(tmp_path / name, params) for name in ("single", "ddp")}
     for name, repo in repos.items():
-        _run([sys.executable, "src/prepare.py"], cwd=repo)
+        for stage in ("validate", "prepare"):  # validate writes the teacher's resolved config, results/config/
+            _run([sys.executable, f"src/{stage}.py"], cwd=repo)
         for stage in ("teacher", "assistant"):
             script = f"src/{stage}.py"
             _run(torchrun(script) if name == "ddp" else [sys.executable, script], cwd=repo)

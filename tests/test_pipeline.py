@@ -1,4 +1,5 @@
 """End-to-end: the real DVC pipeline on a tiny config in a temporary git repo."""
+import hashlib
 import json
 import re
 import sys
@@ -14,6 +15,10 @@ pytestmark = pytest.mark.slow
 DARHT_STAGES = darht_stages()   # markers only, unless method = darht; they rerun when `method` changes
 CHECK = {"validate"}  # reruns (in well under a second) whenever params.yaml changes; its output never changes
 ALL_STAGES = CHECK | {"prepare", "teacher", "assistant", "student", "surrogate", "predict", "attack", "metrics"} | DARHT_STAGES
+
+
+def md5(path):
+    return hashlib.md5(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -152,8 +157,62 @@ def test_exp_run_robust_distillation_method_end_to_end(repo):
     # a robust-training setting reruns training; the attack settings alone would not
     out = run(["dvc", "exp", "run", *ltd, "-S", "ltd.beta=1.0"], repo)
     assert stages_run(out.stdout) == CHECK | {"student", "predict", "attack", "metrics"}
+    # ARD, RSLAD and LTD share one robust teacher: the teacher stage depends on its resolved configuration
+    # (results/config/teacher.json), not on `method`, so switching among them, or changing a setting the teacher does
+    # not read, reruns nothing there ...
+    robust_teacher = md5(repo / "models" / "teacher.pt")
+    for changes in ({"method": "rslad"}, {"method": "ard", "temperature": 50, "ard__kd_temperature": 4.0}):
+        set_params(repo, **changes)
+        assert stages_run(run(["dvc", "repro", "teacher"], repo).stdout) == CHECK, changes
+        assert md5(repo / "models" / "teacher.pt") == robust_teacher
+    # ... while the teacher's own settings retrain it. Set back, the teacher trains again (DVC's run cache skips
+    # stages with uncached outputs, and its dvclive logs are kept in git) to the same bytes, so nothing downstream
+    # would rerun.
+    set_params(repo, teacher__epochs=1)
+    assert stages_run(run(["dvc", "repro", "teacher"], repo).stdout) == CHECK | {"teacher"}
+    assert md5(repo / "models" / "teacher.pt") != robust_teacher
+    set_params(repo, teacher__epochs=2)
+    assert stages_run(run(["dvc", "repro", "teacher"], repo).stdout) == CHECK | {"teacher"}
+    assert md5(repo / "models" / "teacher.pt") == robust_teacher
     run(["git", "checkout", "params.yaml"], repo)
     run(["dvc", "checkout"], repo)
+
+
+def test_teacher_from_a_file(repo):
+    """`teacher.init_from` with `teacher.epochs: 0`: the file's weights as they are, in a sealed checkpoint that
+    records the file's sha256; editing the file reruns validate and the teacher; a pickle payload stops the pipeline
+    at validate, before DVC removes any output."""
+    import torch
+
+    from robustkd.models import load_checkpoint
+
+    start = repo / "pretrained" / "start.pt"
+    trained, _ = load_checkpoint(repo / "models" / "teacher.pt")
+    torch.save({"state_dict": {f"module.{k}": v for k, v in trained.state_dict().items()}}, start)
+    set_params(repo, teacher__init_from="pretrained/start.pt", teacher__epochs=0)
+    assert stages_run(run(["dvc", "repro", "teacher"], repo).stdout) == CHECK | {"teacher"}
+    model, info = load_checkpoint(repo / "models" / "teacher.pt")  # sealed: seal and digest checked
+    assert info["best_epoch"] == 0 and info["init_from"]["path"] == "pretrained/start.pt"
+    assert all(torch.equal(v, trained.state_dict()[k]) for k, v in model.state_dict().items())
+    config = json.loads((repo / "results" / "config" / "teacher.json").read_text())
+    assert config["init_from"] == info["init_from"] and len(info["init_from"]["sha256"]) == 64
+    # the file changes, its name does not: validate records the new sha256, and the teacher reruns
+    torch.save({k: v + 1 if v.is_floating_point() and not k.startswith("normalize.") else v
+                for k, v in trained.state_dict().items()}, start)
+    assert stages_run(run(["dvc", "repro", "teacher"], repo).stdout) == CHECK | {"teacher"}
+    model, info2 = load_checkpoint(repo / "models" / "teacher.pt")
+    assert info2["init_from"]["sha256"] != info["init_from"]["sha256"]
+    assert torch.equal(model.head.bias, trained.head.bias + 1)
+    assert stages_run(run(["dvc", "repro", "teacher"], repo).stdout) == set()
+    before = md5(repo / "models" / "teacher.pt")
+    start.write_bytes(b"PK\x03\x04 not a checkpoint")
+    out = run(["dvc", "repro", "teacher"], repo, check=False)
+    assert out.returncode != 0 and "`teacher.init_from` = 'pretrained/start.pt': not a PyTorch checkpoint" in out.stderr
+    assert md5(repo / "models" / "teacher.pt") == before  # nothing removed
+    start.unlink()
+    run(["git", "checkout", "--", "."], repo)  # params.yaml, dvc.lock, results/config/teacher.json
+    run(["dvc", "checkout"], repo)
+    assert "up to date" in run(["dvc", "status"], repo).stdout.lower()
 
 
 def test_exp_run_purification_end_to_end(repo):
@@ -183,6 +242,21 @@ def test_exp_run_purification_end_to_end(repo):
     out = run(["dvc", "exp", "run", "-S", "method=purification", "-S",
                "purifier_student.adversarial_teacher_weight=1.0"], repo)
     assert stages_run(out.stdout) == CHECK | {"student", "predict", "attack", "metrics"}
+    # the paper's single-teacher student: the teacher stage trains the adversarial purifier teacher only (the same
+    # model as in the ensemble: its seed and record are its own), and the student distils from it alone
+    adversarial = md5(repo / "models" / "purifiers" / "purifier_adversarial.pt")
+    out = run(["dvc", "exp", "run", "-S", "method=purification", "-S", "purifier_student.teachers=[adversarial]",
+               "student"], repo)
+    assert stages_run(out.stdout) == CHECK | {"teacher", "student"}
+    assert sorted(p.name for p in (repo / "models" / "purifiers").iterdir()) == ["models.json",
+                                                                                "purifier_adversarial.pt"]
+    listed = json.loads((repo / "models" / "purifiers" / "models.json").read_text())["models"]
+    assert [m["name"] for m in listed] == ["purifier_adversarial"]
+    assert md5(repo / "models" / "purifiers" / "purifier_adversarial.pt") == adversarial
+    from robustkd.models import read_info
+    student = read_info(repo / "models" / "student.pt")
+    assert student["purifier_teachers"] == ["adversarial"] and student["distilled_from"] == "purifier_adversarial"
+    assert "adversarial_teacher_weight" not in student["purifier"]
     run(["git", "checkout", "params.yaml"], repo)
     run(["dvc", "checkout"], repo)
 

@@ -13,6 +13,7 @@ from robustkd.losses import ARD, LTD, PGDAT, RSLAD, TRADES, kd_kl, kl
 from robustkd.methods.base import TEACHER_TRAININGS, loss_params
 from robustkd.methods.one_loss import ONE_LOSS_METHODS
 from robustkd.methods.registry import METHODS
+from robustkd.teacher_config import teacher_training
 from robustkd.models import build_model
 from conftest import ROOT
 
@@ -148,7 +149,6 @@ def test_each_method_builds_its_losses(method):
     p["method"] = method
     params_mod.validate(p)
     m = ONE_LOSS_METHODS[method]
-    assert m.teacher_training_for(p) == m.teacher_training
     teacher = small_model(1)
     loss_fn = m.student_loss(p, p["student"], teacher if m.distills else None)
     student = small_model(0, temperature=m.output_temperature(p))
@@ -158,14 +158,14 @@ def test_each_method_builds_its_losses(method):
     loss.backward()
     assert all(p.grad is not None for p in student.parameters())
     assert all(q.grad is None for q in teacher.parameters())  # the teacher is frozen
-    assert callable(TEACHER_TRAININGS[m.teacher_training_for(p)])
+    assert callable(TEACHER_TRAININGS[teacher_training(p)])
 
 
 def test_teacher_training_override_and_robust_teachers_by_default():
     p = default_params()
     for method in ("ard", "rslad", "ltd"):
         p["method"] = method
-        assert METHODS[method].teacher_training_for(p) in ("pgd_at", "trades")
+        assert teacher_training(p) in ("pgd_at", "trades")
     p["teacher"]["training"] = "trades"
-    training = METHODS[p["method"]].teacher_training_for(p)
+    training = teacher_training(p)
     assert training == "trades" and isinstance(TEACHER_TRAININGS[training](p), TRADES)

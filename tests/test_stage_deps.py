@@ -1,5 +1,6 @@
 """dvc.yaml's code deps: every robustkd module a stage's script imports is a dep of that stage (else editing it
 would not rerun the stage), and the stages that never run a model start without importing torch."""
+import ast
 import json
 import subprocess
 import sys
@@ -60,3 +61,20 @@ def test_attack_settings_do_not_rerun_predict():
     any other attack change reruns attack and metrics."""
     assert stage_body("predict")["params"] == ["attack.batch_size", "data.workers"]
     assert "results/predict" in stage_body("attack")["deps"]
+
+
+def test_teacher_stage_depends_on_its_resolved_configuration_not_on_params():
+    """The teacher stage lists no params: its params-derived dep is results/config/teacher.json, which the validate
+    stage writes (robustkd.teacher_config). Honest only if the stage reads nothing else: src/teacher.py uses the
+    params it is given only to check that file against them (teacher_config.read), and trains from the file."""
+    teacher, validate = stage_body("teacher"), stage_body("validate")
+    assert "params" not in teacher
+    assert "results/config/teacher.json" in teacher["deps"]
+    assert any(isinstance(o, dict) and "results/config/teacher.json" in o for o in validate["outs"])
+    assert "params.yaml" in validate["deps"] and "pretrained" in validate["deps"]
+    tree = ast.parse((ROOT / "src" / "teacher.py").read_text())
+    main = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main")
+    uses = [n for n in ast.walk(main) if isinstance(n, ast.Name) and n.id == "params" and isinstance(n.ctx, ast.Load)]
+    calls = [n for n in ast.walk(main) if isinstance(n, ast.Call) and ast.unparse(n.func) == "teacher_config.read"]
+    assert len(uses) == 1 and len(calls) == 1 and ast.unparse(calls[0].args[0]) == "params", \
+        "src/teacher.py reads params beyond its resolved configuration: record it in robustkd.teacher_config"

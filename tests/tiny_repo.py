@@ -75,7 +75,7 @@ def stages_run(output: str) -> set[str]:
 def make_tiny_repo(path: Path, params: dict | None = None) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     # .dvc/plots_template.html: the offline plots page, built by .ci/setup (git-ignored; copied when built)
-    for item in ("src", "dvc.yaml", "params.yaml", ".dvc/config", ".dvc/plots", ".dvc/plots_template.html",
+    for item in ("src", "pretrained", "dvc.yaml", "params.yaml", ".dvc/config", ".dvc/plots", ".dvc/plots_template.html",
                  ".dvc/.gitignore", ".dvcignore", ".gitignore"):
         src = ROOT / item
         if src.is_dir():

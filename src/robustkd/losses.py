@@ -317,16 +317,23 @@ class PurifierDistillation:
     """Ensemble distillation of two purifier teachers (normal, adversarial) into the student purifier s.
 
     w_rec·MSE(s(x̃), x) + w_out·Σ_k a_k·MSE(s(x̃), t_k(x̃)) + w_feat·Σ_k a_k·MSE(code_s(x̃), code_k(x̃)),
-    with teacher weights a = (1 − a_adv, a_adv). x̃ is the batch with its first round(f·n) images replaced by
+    with teacher weights a = (1 − a_adv, a_adv); with one teacher (the other None: the paper's single-teacher
+    students), a = (1) and a_adv is not used. x̃ is the batch with its first round(f·n) images replaced by
     PGD examples against the classifier (f = ``adversarial_fraction``; batches are already shuffled), so the
     student sees both teachers on clean and on attacked inputs. Koo et al. publish no code; this form is ours.
     """
 
-    def __init__(self, normal: nn.Module, adversarial: nn.Module, attack: InnerAttack, reconstruction_weight: float,
-                 output_weight: float, feature_weight: float, adversarial_teacher_weight: float,
-                 adversarial_fraction: float):
-        self.teachers = [normal.eval().requires_grad_(False), adversarial.eval().requires_grad_(False)]
-        self.teacher_weights = (1.0 - float(adversarial_teacher_weight), float(adversarial_teacher_weight))
+    def __init__(self, normal: nn.Module | None, adversarial: nn.Module | None, attack: InnerAttack,
+                 reconstruction_weight: float, output_weight: float, feature_weight: float,
+                 adversarial_teacher_weight: float, adversarial_fraction: float):
+        pairs = [(t, w) for t, w in ((normal, 1.0 - float(adversarial_teacher_weight)),
+                                     (adversarial, float(adversarial_teacher_weight))) if t is not None]
+        if not pairs:
+            raise ValueError("PurifierDistillation needs at least one teacher")
+        if len(pairs) == 1:
+            pairs = [(pairs[0][0], 1.0)]
+        self.teachers = [t.eval().requires_grad_(False) for t, _ in pairs]
+        self.teacher_weights = tuple(w for _, w in pairs)
         self.attack = attack
         self.w_rec, self.w_out, self.w_feat = float(reconstruction_weight), float(output_weight), float(feature_weight)
         self.adversarial_fraction = float(adversarial_fraction)

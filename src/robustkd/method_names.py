@@ -18,3 +18,19 @@ STUDENT_PARAMS: dict[str, tuple[str, ...]] = {
               "darht.kd_only_from", "darht.normalize_weights", "darht.select.k"),
 }
 METHOD_NAMES = tuple(STUDENT_PARAMS)
+
+# name -> what `teacher.training: auto` means for the method (robustkd.teacher_config resolves it). ARD, RSLAD and
+# LTD share one robust teacher: the teacher stage depends on its resolved configuration, not on `method`.
+TEACHER_TRAINING: dict[str, str] = {
+    "natural": "natural",
+    "defensive_distillation": "temperature_ce",
+    "pgd_at": "natural",
+    "trades": "natural",
+    "ard": "pgd_at",
+    "rslad": "pgd_at",
+    "ltd": "pgd_at",
+    "purification": "natural",
+    "darht": "natural",
+}
+# The methods whose plug-in trains models beside the teacher in the teacher stage (Method.train_teacher_extras).
+TEACHER_EXTRAS = ("purification",)

@@ -34,6 +34,8 @@ DARHT_TEACHER_TRAININGS = ("pgd_at", "trades", "natural")
 DARHT_KD_LOSSES = ("kl", "mse")
 TEACHER_EVALUATIONS = ("reduced", "full")
 AUTOATTACK_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
+PURIFIER_TEACHERS = ("normal", "adversarial")  # `purifier_student.teachers`: the purifier teachers, by name
+PRETRAINED_DIR = "pretrained"  # `teacher.init_from` files live here: a dep of the validate stage (dvc.yaml)
 
 
 # --- field types -----------------------------------------------------------------------------
@@ -130,6 +132,31 @@ class ListOf(Field):
         if not errors and self.unique and len(set(map(repr, value))) != len(value):
             errors.append(f"`{key}` = {value!r}: items must be unique")
         return errors
+
+
+@dataclass
+class SubsetOf(Field):
+    """A non-empty list of distinct names out of ``choices`` (in any order)."""
+    choices: tuple[str, ...]
+
+    def check(self, key, value):
+        default = "[" + ", ".join(self.choices) + "]"
+        if not isinstance(value, list) or not value:
+            return [f"`{key}` = {value!r}: must be a non-empty list of {', '.join(self.choices)} "
+                    f"(e.g. {default}, or one of them alone)"]
+        errors = []
+        for i, v in enumerate(value):
+            if not (isinstance(v, str) and v in self.choices):
+                hint = difflib.get_close_matches(str(v), self.choices, n=1)
+                did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
+                errors.append(f"`{key}[{i}]` = {v!r}: unknown; allowed: {', '.join(self.choices)}{did_you_mean}")
+        twice = sorted({v for v in value if isinstance(v, str) and value.count(v) > 1})
+        if twice:
+            errors.append(f"`{key}` = {value!r}: {', '.join(map(repr, twice))} listed more than once; list each once")
+        return errors
+
+    def describe(self):
+        return f"a non-empty list of {', '.join(self.choices)}"
 
 
 @dataclass
@@ -300,12 +327,15 @@ SCHEMA = Group(
             }
         ),
         "training": Group(TRAINING_FIELDS),
-        "teacher": role_group({"training": Choice(TEACHER_TRAININGS)}),
+        # epochs may be 0 for the teacher: with `init_from`, the file's weights are used as they are
+        "teacher": role_group({"training": Choice(TEACHER_TRAININGS), "epochs": Int(0, 10_000),
+                               "init_from": Nullable(Str())}, required=("training", "init_from")),
         "assistant": role_group({"kd_lambda": PROBABILITY}),
         "student": role_group({"kd_lambda": PROBABILITY}),
         "surrogate": role_group({"seed": Int(0, 2**31 - 1)}),
         "purifier_teachers": purifier_group({"noise_std": Float(0.0, 10.0)}),
         "purifier_student": purifier_group({
+            "teachers": SubsetOf(PURIFIER_TEACHERS),
             "reconstruction_weight": Float(0.0, 1e4),
             "output_weight": Float(0.0, 1e4),
             "feature_weight": Float(0.0, 1e4),
@@ -417,6 +447,15 @@ def _cross_checks(p: dict) -> list[str]:
     if not (student["reconstruction_weight"] or student["output_weight"] or student["feature_weight"]):
         errors.append("`purifier_student`: reconstruction_weight, output_weight and feature_weight are all 0, "
                       "so the student purifier would learn nothing; set at least one > 0")
+    teacher = role_settings(p, "teacher")
+    init_from = teacher["init_from"]
+    if init_from is not None and not _under_pretrained(init_from):
+        errors.append(f"`teacher.init_from` = {init_from!r}: must be a relative path to a file under "
+                      f"{PRETRAINED_DIR}/ (that folder is a dep of the validate stage, so editing the file reruns the "
+                      f"teacher); copy the checkpoint there (`dvc add {PRETRAINED_DIR}/<file>` to version it)")
+    if teacher["epochs"] == 0 and init_from is None:
+        errors.append(f"`{setting_key(p, 'teacher', 'epochs')}` = 0: trains nothing and there are no weights to start "
+                      f"from; set epochs >= 1, or give `teacher.init_from` a checkpoint to use as it is")
     darht = p["darht"]
     if darht["ce_kd_from"] > darht["kd_only_from"]:
         errors.append(f"`darht.ce_kd_from` = {darht['ce_kd_from']!r} is after `darht.kd_only_from` = "
@@ -476,6 +515,13 @@ def _selection_checks(p: dict) -> list[str]:
                 f"candidates to score, more than the exhaustive search's limit of {MAX_SELECTION_SUBSETS}; "
                 f"use fewer candidates or a k further from half the pool"]
     return []
+
+
+def _under_pretrained(path: str) -> bool:
+    """A relative path inside PRETRAINED_DIR (no `..` climbing out), naming a file rather than the folder."""
+    parts = Path(path).parts
+    return (not Path(path).is_absolute() and len(parts) >= 2 and parts[0] == PRETRAINED_DIR
+            and ".." not in parts)
 
 
 def validate(params: Any) -> dict:

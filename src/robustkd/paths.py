@@ -18,6 +18,9 @@ RESUME_DIR = Path(".resume")  # per-epoch resume files; outside DVC's outputs so
 TIMING_DIR = Path(".timing")
 ATTACK_RESULTS_DIR = Path("results/attack")
 PREDICTIONS_DIR = Path("results/predict")
+# The teacher stage's resolved configuration (robustkd.teacher_config), written by the validate stage: the teacher
+# stage depends on this file instead of on params, so only what its outputs depend on reruns it.
+TEACHER_CONFIG_PATH = Path("results/config/teacher.json")
 
 
 def darht_teacher_dir(name: str) -> Path:

@@ -41,6 +41,8 @@ class RoleSpec:
     ``build(device) -> (model, spec)`` replaces the default classifier from ``group``; it runs after seeding, so
     initial weights depend on ``seed`` only.
     ``single_process_reason``: why the role cannot train under torchrun (None: it can).
+    ``init_state``: weights loaded into the model before training (a teacher's `init_from`, robustkd.pretrained);
+    the file's sha256 belongs in ``record``.
     """
     role: str
     group: dict
@@ -54,6 +56,7 @@ class RoleSpec:
     output_temperature: float = 1.0
     build: Callable[[torch.device], tuple[nn.Module, dict]] | None = None
     single_process_reason: str | None = None
+    init_state: dict | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -114,6 +117,8 @@ def train_role(spec: RoleSpec, run: TrainingRun) -> dict:
         model = place(build_model(**model_description), device)
     else:
         model, model_description = spec.build(device)
+    if spec.init_state is not None:
+        model.load_state_dict(spec.init_state)
     cfg = TrainConfig.from_params(spec.group, spec.seed)
     awp = awp_for(spec, run)
     if awp is not None and awp.warmup_epochs >= cfg.epochs:

@@ -240,7 +240,8 @@ def train(
     single_process_reason: str | None = None,
     awp: AWPConfig | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place and return it loaded with its best-validation-accuracy weights.
+    """Train ``model`` in place and return it loaded with its best-validation-accuracy weights (``cfg.epochs`` = 0:
+    the weights it came with, best epoch 0).
 
     ``batch_size_param`` is the params.yaml key named when a step runs out of memory (``teacher.batch_size``).
     ``engine``: bf16 autocast and torch.compile (default: ``Engine()``: bf16 where native, no compile).
@@ -312,6 +313,12 @@ def train(
                           f"rebuilding the checkpoint without training")
                 else:
                     print(f"[{role}] resuming after epoch {start_epoch} from {resume_path}")
+
+    if cfg.epochs == 0:  # the initial weights as they are (a teacher from `teacher.init_from`): validated, not trained
+        best_val, best_epoch = accuracy(model, x_val, y_val), 0
+        best_state = copy.deepcopy({k: v.detach() for k, v in model.state_dict().items()})
+        if main:
+            print(f"[{role}] 0 epochs: the initial weights as they are, val_acc {best_val:.4f}", flush=True)
 
     net = _wrap_for_training(model, device, engine, world)
     # After the wrap: the proxy copies the model as it trains (SyncBatchNorm under DDP on CUDA).

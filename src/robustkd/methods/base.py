@@ -1,8 +1,10 @@
 """The interface every method implements, and the teacher trainings the methods share.
 
 A method says:
-- what the teacher stage trains: the teacher's loss (``teacher_training``, what `teacher.training: auto` means) and
-  any models beside it (:meth:`Method.train_teacher_extras`, listed in that stage's manifest);
+- what the teacher stage trains beside the teacher (:meth:`Method.train_teacher_extras`, listed in that stage's
+  manifest). The teacher itself is the method's only through `teacher.training: auto`, resolved torch-free by
+  robustkd.teacher_config from robustkd.method_names.TEACHER_TRAINING: the teacher stage trains from that resolved
+  configuration, never from the method, so methods that need the same teacher share it;
 - how the assistants and the student are trained (:meth:`Method.train_assistants`, :meth:`Method.train_student`);
 - which models the attack stage evaluates: the manifests its stages write (:mod:`robustkd.manifest`);
 - what it records: each role's ``record`` (:class:`robustkd.roles.RoleSpec`);
@@ -29,19 +31,12 @@ TEACHER_TRAININGS: dict[str, Callable[[dict], LossFn]] = {
 
 class Method(ABC):
     description: str
-    teacher_training: str                    # what `teacher.training: auto` means for this method
     single_process_reason: str | None = None  # why its student cannot train under torchrun; None: it can
 
-    def teacher_training_for(self, params: dict) -> str:
-        """`teacher.training`, with "auto" resolved to what the method needs."""
-        chosen = params["teacher"]["training"]
-        return self.teacher_training if chosen == "auto" else chosen
-
-    def teacher_temperature(self, params: dict) -> float:
-        return float(params["temperature"]) if self.teacher_training_for(params) == "temperature_ce" else 1.0
-
-    def train_teacher_extras(self, params: dict, run: TrainingRun) -> list[dict]:
-        """Models the teacher stage trains after the teacher; their manifest entries (robustkd.manifest)."""
+    def train_teacher_extras(self, config: dict, run: TrainingRun) -> list[dict]:
+        """Models the teacher stage trains after the teacher; their manifest entries (robustkd.manifest).
+        ``config``: the teacher stage's resolved configuration (robustkd.teacher_config), never the whole params;
+        a method with extras is listed in robustkd.method_names.TEACHER_EXTRAS and says there what they read."""
         return []
 
     def chain_length(self, params: dict) -> int:
@@ -74,6 +69,20 @@ def train_attack_record(attack: InnerAttack) -> dict:
     """The training attack as recorded with a checkpoint."""
     return {"eps": attack.eps, "steps": attack.steps, "step_size": attack.step_size, "mode": attack.mode,
             "bf16": attack.bf16}
+
+
+def teacher_record(config: dict) -> dict:
+    """What the teacher's checkpoint records about its training, from the teacher stage's resolved configuration
+    (robustkd.teacher_config): the training, its temperature, the params of its own loss only, the init file."""
+    training = config["teacher"]["training"]
+    own = {}
+    if training in ("pgd_at", "trades"):
+        own["train_attack"] = train_attack_record(InnerAttack.from_params(config))
+    if training == "trades":
+        own["trades"] = dict(config["trades"])
+    return {"method": None, "training": recorded_training(training),
+            "temperature": float(config["temperature"]) if training == "temperature_ce" else 1.0,
+            "loss_params": own, "init_from": config["init_from"]}
 
 
 def loss_params(params: dict) -> dict:

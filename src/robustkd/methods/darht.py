@@ -34,7 +34,6 @@ class Darht(Method):
     description = ("Deng et al. 2024: K robust teachers of different families (darht.pool), each matched to a "
                    "slice of the student's C*K feature map, weighted by exp(-CE) per batch; CE -> CE+KD -> KD; "
                    "clean or PGD batches at random. The teacher stage's model is a natural reference.")
-    teacher_training = "natural"
     single_process_reason = "the DARHT student's loss calls `forward_with_map` on the model directly"
 
     def train_student(self, params: dict, run: TrainingRun) -> None:

@@ -24,7 +24,6 @@ from .base import Method, loss_params
 @dataclass(frozen=True)
 class OneLossMethod(Method):
     description: str
-    teacher_training: str
     # (params, the role's params group, the previous model in the chain or None) -> loss
     student_loss: Callable[[dict, dict, Optional[nn.Module]], LossFn]
     distills: bool            # the student learns from the previous model
@@ -76,14 +75,12 @@ def _attack(p: dict, random_start: str = "uniform") -> InnerAttack:
 ONE_LOSS_METHODS: dict[str, OneLossMethod] = {
     "natural": OneLossMethod(
         description="Plain cross-entropy: the undefended baseline.",
-        teacher_training="natural",
         student_loss=lambda p, group, previous: TemperatureCE(1.0),
         distills=False,
     ),
     "defensive_distillation": OneLossMethod(
         description="Papernot et al. 2016 with teacher assistants (Mandal & Gao 2023): teacher trained at "
                     "temperature T, each later model distilled from the one before at T, all deployed at T=1.",
-        teacher_training="temperature_ce",
         student_loss=lambda p, group, previous: Distillation(previous, p["temperature"], group["kd_lambda"]),
         distills=True,
         uses_chain=True,
@@ -91,20 +88,17 @@ ONE_LOSS_METHODS: dict[str, OneLossMethod] = {
     ),
     "pgd_at": OneLossMethod(
         description="Madry et al. 2018: cross-entropy on PGD examples (train_attack).",
-        teacher_training="natural",
         student_loss=lambda p, group, previous: PGDAT(_attack(p)),
         distills=False,
     ),
     "trades": OneLossMethod(
         description="Zhang et al. 2019: CE(clean) + beta * KL(clean || adversarial).",
-        teacher_training="natural",
         student_loss=lambda p, group, previous: TRADES(_attack(p, "normal"), p["trades"]["beta"]),
         distills=False,
     ),
     "ard": OneLossMethod(
         description="Goldblum et al. 2020: the student's PGD examples matched to a robust teacher's clean "
                     "soft labels at temperature T.",
-        teacher_training="pgd_at",
         student_loss=lambda p, group, previous: ARD(previous, _attack(p), p["ard"]["kd_temperature"], p["ard"]["alpha"]),
         distills=True,
         loss_temperature=lambda p: p["ard"]["kd_temperature"],
@@ -112,14 +106,12 @@ ONE_LOSS_METHODS: dict[str, OneLossMethod] = {
     "rslad": OneLossMethod(
         description="Zi et al. 2021: robust soft labels of a robust teacher replace hard labels in the "
                     "attack and in both loss terms.",
-        teacher_training="pgd_at",
         student_loss=lambda p, group, previous: RSLAD(previous, _attack(p, "normal"), p["rslad"]["adv_weight"]),
         distills=True,
     ),
     "ltd": OneLossMethod(
         description="Chen & Lee 2021: TRADES with the natural term's labels replaced by a robust teacher's "
                     "soft labels at a low temperature; the student keeps its own temperature at inference.",
-        teacher_training="pgd_at",
         student_loss=lambda p, group, previous: LTD(previous, _attack(p, "normal"), p["ltd"]["soft_label_temperature"],
                                                     p["ltd"]["beta"]),
         distills=True,
