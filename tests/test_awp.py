@@ -229,3 +229,4 @@ def test_bad_awp_params_name_the_key():
     bad["awp"]["gama"] = bad["awp"].pop("gamma")
     with pytest.raises(Exception, match="did you mean `awp.gamma`"):
         validate(bad)
+

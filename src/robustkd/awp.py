@@ -135,6 +135,9 @@ class WeightPerturbation:
             self._saved = [w.detach().clone() for w in self.weights]
             for w, d in zip(self.weights, v):
                 w.add_(d.to(w.dtype))
+        # Autocast keeps its bf16 copy of each weight until the autocast region ends; crafting (under the training
+        # step's autocast) already made those copies at w, so without this the loss would see w, not w + v.
+        torch.clear_autocast_cache()
         return loss.objective(net, x, y, prepared)
 
     def restore(self) -> None:
@@ -144,4 +147,5 @@ class WeightPerturbation:
         with torch.no_grad():
             for w, saved in zip(self.weights, self._saved):
                 w.copy_(saved)
+        torch.clear_autocast_cache()  # no bf16 copy of w + v outlives the perturbation
         self._saved = None
