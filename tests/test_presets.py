@@ -8,6 +8,7 @@ import yaml
 
 from apply_preset import merge
 from conftest import ROOT
+from robustkd import teacher_config
 from robustkd.params import validate
 
 PRESETS = ROOT / "src" / "presets"
@@ -139,7 +140,7 @@ def test_paper_preset_models_build_train_one_step_and_attack_on_cpu(name, one_th
 
     teacher_group = role_settings(params, "teacher")
     teacher = classifier(teacher_group)
-    one_step(teacher, TEACHER_TRAININGS[method.teacher_training_for(params)](fast), x, y, teacher_group,
+    one_step(teacher, TEACHER_TRAININGS[teacher_config.teacher_training(params)](fast), x, y, teacher_group,
              params["awp"])
     attack_step(teacher, x, y, params)
     surrogate_group = role_settings(params, "surrogate")

@@ -44,9 +44,12 @@ def test_methods_that_need_the_same_teacher_resolve_to_the_same_configuration():
                        "student.epochs": 9, "attack.n_points": 100}) == ard
     # what the robust teacher does depend on
     assert resolved(**{"method": "ard", "teacher.epochs": 5}) != ard
+    assert resolved(**{"method": "ard", "awp.enabled": True}) != ard  # a PGD-AT teacher gets AWP
+    assert "awp" not in resolved(method="defensive_distillation")  # a temperature-CE teacher never does
     assert resolved(**{"method": "ard", "training.lr": 0.01}) != ard
     assert resolved(**{"method": "ard", "train_attack.steps": 5}) != ard
-    assert resolved(**{"method": "ard", "attack.headline_eps": 0.2})["train_attack"]["eps"] == 0.2  # eps: null
+    assert resolved(**{"method": "ard", "attack.headline_eps": 0.2, "attack.autoattack.eps": [0.2]}
+                    )["train_attack"]["eps"] == 0.2  # eps: null
     assert resolved(**{"method": "ard", "seed": 1}) != ard
 
 

@@ -315,7 +315,7 @@ def train(
                     print(f"[{role}] resuming after epoch {start_epoch} from {resume_path}")
 
     if cfg.epochs == 0:  # the initial weights as they are (a teacher from `teacher.init_from`): validated, not trained
-        best_val, best_epoch = accuracy(model, x_val, y_val), 0
+        best_val, best_epoch = accuracy(model, val_split), 0
         best_state = copy.deepcopy({k: v.detach() for k, v in model.state_dict().items()})
         if main:
             print(f"[{role}] 0 epochs: the initial weights as they are, val_acc {best_val:.4f}", flush=True)
