@@ -93,9 +93,15 @@ def test_plots_show_draws_every_plot_offline(template, tmp_path):
     selection = {i for i in specs if i.startswith("DARHT_teacher_selection")}
     matrix = {i for i in specs if i.startswith("DARHT")} - selection
     assert len(selection) == len(matrix) == 1, sorted(specs)
+    # The teacher's curves are DVC-cached (so that the run cache can serve the teacher stage): a checkout that has
+    # not run `dvc repro` or `dvc pull` (a fresh clone in CI) has no data for them, and DVC draws them empty.
+    teacher_curves = {i for i in specs if i.startswith("Teacher_training")}
+    assert len(teacher_curves) == 2, sorted(specs)
+    no_curves = not (ROOT / "dvclive" / "teacher" / "plots").is_dir()
     assert {i for i in empty if i != DARHT_FOLDER} == ((matrix if no_data("darht_transferability.json") else set())
-                                                       | (selection if no_data("darht_select.json") else set()))
-    assert len(specs) - len(empty) >= 7
+                                                       | (selection if no_data("darht_select.json") else set())
+                                                       | (teacher_curves if no_curves else set()))
+    assert len(specs) - len(empty) >= 5
     drawn = _drawn(index, tmp_path / "profile")
     assert {i for i in specs if i not in empty and drawn[i] == 0} == set(), drawn
     for img in re.findall(r'<img src="(static/[^"]+)"', index.read_text(encoding="utf-8")):
@@ -142,8 +148,11 @@ def test_plots_diff_draws_offline_and_clears_stale_images(template, tmp_path):
     _assert_offline_page(index)
     assert not (out / "static" / "stale_plots_old.png").exists()
     specs = _vega_specs(index.read_text(encoding="utf-8"))
-    # every plot has data now but the plots/darht folder, which HEAD lacks: DVC adds an empty plot for it
-    assert {i for i, s in specs.items() if not s} <= {DARHT_FOLDER}
+    # every plot has data now but the plots/darht folder, which HEAD lacks (DVC adds an empty plot for it), and the
+    # teacher's curves when this checkout has none (they are DVC-cached: see the test above)
+    no_curves = not (ROOT / "dvclive" / "teacher" / "plots").is_dir()
+    assert {i for i, s in specs.items() if not s} <= {DARHT_FOLDER} | (
+        {i for i in specs if i.startswith("Teacher_training")} if no_curves else set())
     specs = {i: s for i, s in specs.items() if s}
     sens_id = next(i for i in specs if i.startswith("Sensitivity"))
     assert {row["rev"] for row in specs[sens_id]["data"]["values"]} == {"HEAD", "workspace"}

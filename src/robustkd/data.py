@@ -437,6 +437,20 @@ def _load_tinyimagenet(name: str, raw_dir: Path, download: bool) -> RawData:
         src.close()
 
 
+
+def tinyimagenet_val_annotations(text: str, index: dict[str, int], where: str) -> tuple[list[str], list[int]]:
+    """Tiny ImageNet's val/val_annotations.txt (file<TAB>wnid<TAB>box...): the val images' paths and class indices."""
+    files, labels = [], []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) < 2 or fields[1] not in index:
+            raise DataError(f"{where}: bad line {line!r} (need file<TAB>wnid from wnids.txt).")
+        files.append(f"val/images/{fields[0]}")
+        labels.append(index[fields[1]])
+    return files, labels
+
 def _read_tinyimagenet(src: _TinyImageNetSource) -> RawData:
     wnids = [w.strip() for w in src.read("wnids.txt").decode().splitlines() if w.strip()]
     index = {w: i for i, w in enumerate(wnids)}  # class order = line order of wnids.txt
@@ -454,15 +468,8 @@ def _read_tinyimagenet(src: _TinyImageNetSource) -> RawData:
         train_members += members
         train_labels += [index[w]] * len(members)
 
-    test_members, test_labels = [], []
-    for line in src.read("val/val_annotations.txt").decode().splitlines():
-        if not line.strip():
-            continue
-        fields = line.split("\t")
-        if len(fields) < 2 or fields[1] not in index:
-            raise DataError(f"{src.where('val/val_annotations.txt')}: bad line {line!r} (need file<TAB>wnid from wnids.txt).")
-        test_members.append(f"val/images/{fields[0]}")
-        test_labels.append(index[fields[1]])
+    test_members, test_labels = tinyimagenet_val_annotations(
+        src.read("val/val_annotations.txt").decode(), index, src.where("val/val_annotations.txt"))
 
     return RawData(
         _decode_jpegs(src, train_members), torch.tensor(train_labels, dtype=torch.int64),

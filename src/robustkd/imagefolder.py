@@ -43,6 +43,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .data import tinyimagenet_val_annotations
 from .errors import DataError
 
 INDEX_FORMAT = "robustkd-index-v1"
@@ -262,15 +263,7 @@ def tinyimagenet_tree(raw_dir: Path) -> Tree:
     ann = root / "val" / "val_annotations.txt"
     if not ann.is_file():
         raise DataError(f"tinyimagenet: {ann} not found; {TINYIMAGENET_LAYOUT}.")
-    test_files, test_labels = [], []
-    for line in ann.read_text().splitlines():
-        if not line.strip():
-            continue
-        fields = line.split("\t")
-        if len(fields) < 2 or fields[1] not in index:
-            raise DataError(f"{ann}: bad line {line!r} (need file<TAB>wnid from wnids.txt).")
-        test_files.append(f"val/images/{fields[0]}")
-        test_labels.append(index[fields[1]])
+    test_files, test_labels = tinyimagenet_val_annotations(ann.read_text(), index, str(ann))
     return Tree(root, train_files, train_labels, test_files, test_labels, [words.get(w, w) for w in wnids],
                 "tinyimagenet")
 
