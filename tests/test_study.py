@@ -355,6 +355,12 @@ def test_tiny_study_runs_is_killed_resumes_and_reports(tmp_path):
     collected_first = sorted(p.parent.relative_to(results).as_posix() for p in results.glob("*/seed-*/run.json"))
     assert 1 <= len(collected_first) < 4, first
     status = run(study_cmd("status", "tiny"), repo).stdout
+    for _ in range(60):  # the killed worker may still be taking its next task off the queue: wait until none runs
+        if not re.search(r"seed \d+\s+running", status):
+            break
+        subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=repo, env=env(), capture_output=True, timeout=120)
+        time.sleep(2)
+        status = run(study_cmd("status", "tiny"), repo).stdout
     assert len(re.findall(r"seed \d+\s+collected$", status, re.M)) == len(collected_first), status
     # the run in flight was killed (failed, with its log); the others wait in the queue
     others = [line for line in status.splitlines()[:-1] if not line.endswith(" collected")]
