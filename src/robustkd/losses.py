@@ -12,6 +12,8 @@ at other weights; calling one runs the two in a row, the same operations as befo
 """
 from __future__ import annotations
 
+import abc
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -70,16 +72,18 @@ def _frozen_logits(teacher: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return teacher(x)
 
 
-class AdversarialObjective:
+class AdversarialObjective(abc.ABC):
     """A loss in two parts, so that adversarial weight perturbation (:mod:`robustkd.awp`) can evaluate the same
     objective at other weights: ``prepare`` crafts what the step keeps fixed (the adversarial batch, a teacher's soft
     labels), ``objective`` is the loss given it. Calling the loss runs the two in a row."""
 
+    @abc.abstractmethod
     def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
-        raise NotImplementedError
+        """What the step keeps fixed: the adversarial batch (and a teacher's soft labels)."""
 
+    @abc.abstractmethod
     def objective(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, prepared):
-        raise NotImplementedError
+        """(loss, logits) of the model given ``prepared``."""
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
         return self.objective(model, x, y, self.prepare(model, x, y))

@@ -34,7 +34,7 @@ ZIP_MAGIC, PICKLE_PROTOCOL = b"PK\x03\x04", b"\x80"  # torch.save's format, and 
 
 def spec_for(group: dict, dataset: str) -> dict:
     """The teacher's model, as the registry builds it, for checking a file before the data are prepared (the
-    normaliser's statistics are placeholders: their shapes depend on the channels only)."""
+    normaliser gets neutral statistics: only its shapes, set by the channels, are checked)."""
     from .data import DATASETS  # the dataset's shape, without the prepared data
 
     d = DATASETS[dataset]
