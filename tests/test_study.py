@@ -393,3 +393,79 @@ def test_tiny_study_runs_is_killed_resumes_and_reports(tmp_path):
     assert run(study_cmd("report", "--check"), repo).returncode == 0
     again = run(study_cmd("run", "tiny"), repo).stdout
     assert "every (arm, seed) is collected on the current code; nothing to run" in again
+
+
+def pid_alive(pid_file: Path) -> int | None:
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and every descendant (Linux /proc), as a crash or the OOM killer would."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    todo, tree = [pid], []
+    while todo:
+        tree.append(todo.pop())
+        todo += children.get(tree[-1], [])
+    for p in tree:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_run_leaves_no_stall(tmp_path):
+    """SIGKILL the queue worker and the run it executes: DVC keeps that entry "running" with no process behind it
+    (the state that once hung CI). `study.py run` must notice that nothing runs, restart the queue, queue the run
+    again and collect it, instead of waiting forever."""
+    from test_reliability import reliability_params
+
+    params = reliability_params()
+    params.update(chain_length=0)
+    repo = make_tiny_repo(tmp_path / "repo", params)
+    run(["dvc", "repro"], repo)
+    (repo / "studies").mkdir()
+    spec = {**TINY_STUDY, "seeds": [1], "arms": {"mixed": TINY_STUDY["arms"]["mixed"]}}
+    spec.pop("baseline")
+    (repo / "studies" / "one.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    (repo / "docs").mkdir()
+    (repo / "docs" / "results.md").write_text("# Results\n")
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "dvc.lock, study"], repo)
+
+    try:
+        queued = run(study_cmd("run", "one", "--no-wait"), repo).stdout
+        assert "queued one-mixed-s1" in queued, queued
+        runs = repo / ".dvc" / "tmp" / "exps" / "run"
+        worker = repo / ".dvc" / "tmp" / "exps" / "celery" / "dvc-exp-worker-1.pid"
+        started = time.monotonic()
+        while True:  # until the worker has taken the run and its executor process is up
+            executors = [p for p in runs.glob("*/*.pid") if pid_alive(p)]
+            if executors and pid_alive(worker):
+                break
+            assert time.monotonic() - started < 300, run(["dvc", "queue", "status"], repo).stdout
+            time.sleep(0.2)
+        for pid_file in (worker, *executors):
+            kill_tree(int(pid_file.read_text()))
+        time.sleep(1)
+        assert re.search(r"seed 1\s+running", run(study_cmd("status", "one"), repo).stdout)  # stale: no process
+
+        second = run(study_cmd("run", "one", "--poll", "1", "--stall-timeout", "5"), repo, timeout=600).stdout
+    finally:
+        subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=repo, env=env(), capture_output=True, timeout=120)
+    assert "one-mixed-s1: already queued or running" in second, second
+    assert "nothing has run for 5 s although one-mixed-s1 wait in DVC's queue" in second, second
+    assert "one: 1 of 1 runs collected; 0 failed" in second, second
+    assert {p.name for p in (repo / "results" / "studies" / "one" / "mixed" / "seed-1").iterdir()} >= {
+        "metrics.json", "outcomes.json", "run.json"}

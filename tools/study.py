@@ -36,6 +36,8 @@ STUDIES_DIR = "studies"
 RESULTS_DIR = Path("results") / "studies"
 RESULTS_PAGE = Path("docs") / "results.md"
 STATE_DIR = Path(".dvc") / "tmp" / "studies"  # per-machine bookkeeping (start times, worker threads); not in git
+STALL_S = 180.0  # runs queued, no executor alive this long: a worker died mid-task; restart the queue
+MAX_RECOVERIES = 2
 ROLES = ("compared", "baseline", "context")
 DIRECTIONS = ("better", "at_least")
 STUDY_KEYS = ("claim", "model", "seeds", "base", "baseline", "direction", "margin", "report_metrics", "arms")
@@ -653,7 +655,17 @@ class Interrupted(Exception):
     pass
 
 
-def cmd_run(study: Study, root: Path, jobs: int, threads: int, wait: bool, poll_s: float) -> int:
+def executor_alive(root: Path, stash_rev: str) -> bool:
+    """Whether the process running a queued experiment is alive: DVC's pid file names a live, non-zombie process."""
+    try:
+        pid = int((root / ".dvc" / "tmp" / "exps" / "run" / stash_rev / f"{stash_rev}.pid").read_text().strip())
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def cmd_run(study: Study, root: Path, jobs: int, threads: int, wait: bool, poll_s: float,
+            stall_s: float = STALL_S) -> int:
     check_workspace(root)
     head = head_lock_deps(root)
     outdated = lock_is_current(root, head)
@@ -700,6 +712,15 @@ def cmd_run(study: Study, root: Path, jobs: int, threads: int, wait: bool, poll_
     old_failed = {e["rev"] for e in snap["failed"]}
     code = code_paths(head) + ["dvc.yaml"]
     queued_now = 0
+
+    def queue_run(name: str, arm: Arm, seed: int) -> None:
+        args = ["dvc", "exp", "run", "--queue", "-f", "-n", name]
+        for s in set_params_args(arm, seed, study.base_params):
+            args += ["-S", s]
+        proc = subprocess.run(args, cwd=root, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise StudyError(f"`{' '.join(args)}` failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+        print(f"queued {name}: {' '.join(args[7:])}", flush=True)
     for name, (arm, seed) in pending.items():
         entries = [e for s in ("running", "queued") for e in snap[s] if e["name"] == name]
         reusable = [e for e in entries if e["baseline"] == head_rev or
@@ -710,14 +731,8 @@ def cmd_run(study: Study, root: Path, jobs: int, threads: int, wait: bool, poll_
         if entries:
             print(f"{name}: queued on older code ({entries[0]['rev'][:7]}); queueing it again on HEAD "
                   f"(`dvc queue remove {entries[0]['rev'][:7]}` drops the old one)")
-        args = ["dvc", "exp", "run", "--queue", "-f", "-n", name]
-        for s in set_params_args(arm, seed, study.base_params):
-            args += ["-S", s]
-        proc = subprocess.run(args, cwd=root, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise StudyError(f"`{' '.join(args)}` failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+        queue_run(name, arm, seed)
         queued_now += 1
-        print(f"queued {name}: {' '.join(args[7:])}", flush=True)
     del in_queue
 
     started_workers = 0
@@ -752,6 +767,21 @@ def cmd_run(study: Study, root: Path, jobs: int, threads: int, wait: bool, poll_
     old_handlers = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     failed: dict[str, str] = {}
     idle_polls = 0
+    stalled_since, recoveries = None, 0
+
+    def requeue_stalled(names: list[str], snap: dict) -> set[str]:
+        """Nothing has run for `stall_s` although `names` wait in the queue: a worker killed mid-task can leave an
+        entry "running" with no process, or a message taken off the queue by a worker that then died. Stop the
+        workers (no process runs, so nothing is lost), drop those entries and queue the runs again."""
+        print(f"nothing has run for {stall_s:.0f} s although {', '.join(names)} wait in DVC's queue (a worker "
+              "stopped mid-task?): restarting the queue workers and queueing them again", flush=True)
+        subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=root, capture_output=True)
+        entries = {e["rev"]: e for s in ("running", "queued") for e in snap[s] if e["name"] in names}
+        if entries:
+            subprocess.run(["dvc", "queue", "remove", *entries], cwd=root, capture_output=True)
+        for name in names:
+            queue_run(name, *pending[name])
+        return {e["rev"] for e in queue_snapshot(root)["failed"]}  # failures of the dropped entries are not news
     try:
         while pending:
             time.sleep(poll_s)
@@ -775,6 +805,22 @@ def cmd_run(study: Study, root: Path, jobs: int, threads: int, wait: bool, poll_
             waiting = [n for n in pending if n not in failed]
             if not waiting:
                 break
+            stuck = [n for n in waiting if n in active]
+            if stuck and not any(executor_alive(root, e["rev"]) for e in snap["running"]):
+                stalled_since = stalled_since or time.monotonic()
+                if time.monotonic() - stalled_since >= stall_s:
+                    if recoveries >= MAX_RECOVERIES:
+                        print(f"still stalled after {recoveries} restarts of the queue: " + ", ".join(stuck) +
+                              f" wait in DVC's queue and nothing runs. See `dvc queue status`; rerun "
+                              f"`python tools/study.py run {study.name}` after `dvc queue stop --kill`", flush=True)
+                        break
+                    recoveries += 1
+                    old_failed |= requeue_stalled(stuck, snap)
+                    started_workers += start_workers()
+                    stalled_since = None
+                    continue
+            else:
+                stalled_since = None
             if not any(n in active for n in waiting):
                 idle_polls += 1
                 if idle_polls >= 3:  # e.g. a run finished between the ref scan and the queue snapshot: 3 polls
@@ -1119,6 +1165,9 @@ def main(argv=None) -> int:
     p_run.add_argument("--threads", type=int, default=1, help="torch threads per run (OMP_NUM_THREADS; default 1)")
     p_run.add_argument("--no-wait", action="store_true", help="queue and start the workers, do not wait to collect")
     p_run.add_argument("--poll", type=float, default=10.0, help="seconds between checks of the queue (default 10)")
+    p_run.add_argument("--stall-timeout", type=float, default=STALL_S,
+                       help=f"seconds with runs queued and none running before the queue is restarted "
+                            f"(default {STALL_S:.0f})")
     p_status = sub.add_parser("status", help="collected / stale / queued / running / failed / missing per run")
     p_status.add_argument("name")
     p_validate = sub.add_parser("validate", help="check study files only (default: all)")
@@ -1133,7 +1182,8 @@ def main(argv=None) -> int:
         if args.command == "run":
             if args.jobs < 1 or args.threads < 1:
                 raise StudyError("-j/--jobs and --threads must be at least 1")
-            return cmd_run(load_study(args.name, root), root, args.jobs, args.threads, not args.no_wait, args.poll)
+            return cmd_run(load_study(args.name, root), root, args.jobs, args.threads, not args.no_wait, args.poll,
+                           args.stall_timeout)
         if args.command == "status":
             return cmd_status(load_study(args.name, root, check_params=False), root)
         if args.command == "validate":
