@@ -367,7 +367,9 @@ def test_tiny_study_runs_is_killed_resumes_and_reports(tmp_path):
     assert all(re.search(r"seed \d+\s+(queued|failed \(log \.dvc/tmp/exps/run/)", line) for line in others), status
 
     try:
-        second = run(study_cmd("run", "tiny", "-j", "1", "--poll", "1"), repo, timeout=900).stdout
+        # a run the killed worker took off the queue can stay "running" with no process: --stall-timeout requeues it
+        second = run(study_cmd("run", "tiny", "-j", "1", "--poll", "1", "--stall-timeout", "30"), repo,
+                     timeout=900).stdout
     finally:
         subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=repo, env=env(), capture_output=True, timeout=120)
     print(f"tiny study: {time.monotonic() - started:.0f} s after dvc repro\n{first}\n{second}")
