@@ -117,7 +117,7 @@ def test_the_four_studies_are_well_formed():
     """Their structure (roles, seeds, baselines) is checked here; their params against the schema by `run` and
     `validate` (some arms need keys that other branches add)."""
     names = study.all_studies(ROOT)
-    assert names == ["chain", "darht", "methods", "purification"]
+    assert names == ["chain", "darht", "methods", "precision", "purification"]
     for name in names:
         s = study.load_study(name, ROOT, check_params=False)
         assert all(a.role != "compared" or len(a.seeds) >= 3 for a in s.arms.values())
@@ -216,6 +216,18 @@ def test_report_held(repo):
     assert "| a | baseline | 0, 1, 2 | 100.0 ± 0.0 [100.0, 100.0] | 26.7 ± 2.9 [" in text
     assert "AutoAttack" in text and "| standard | 20 | 0 of 3 | 6 |" in text  # 3 runs x 60 s x 2 threads
     assert "Cost: 12 CPU minutes" in text and "| 1.5 ± 0 [1.5, 1.5] |" in text
+
+
+def test_summary_row_comes_from_the_same_files_as_the_report(repo):
+    assert "| not run yet |" in study.summary(repo) or not study.all_studies(repo)
+    text = report_repo(repo, {"a": [5, 6, 5], "b": [15, 17, 16]})
+    rows = [line for line in study.summary(repo).splitlines() if line.startswith("| [s](")]
+    # differences 50, 55, 55 points: mean 53.3, t(2) interval ± 4.303 × 2.887 / √3
+    assert rows == ["| [s](docs/results.md#study-s) | B beats A. | b vs a | 6 of 6 | +53.3 [+46.2, +60.5] | held |"]
+    assert verdict_row(text).endswith("| +53.3 [+46.2, +60.5] | held |")
+    shutil.rmtree(repo / "results" / "studies" / "s" / "b")
+    row = next(line for line in study.summary(repo).splitlines() if line.startswith("| [s]("))
+    assert row.endswith("| 3 of 6 | n/a | no paired seeds yet |")
 
 
 def test_report_did_not_hold(repo):

@@ -1097,6 +1097,38 @@ def section(study: Study, root: Path, head: dict) -> str:
     return "\n".join(line for i, line in enumerate(lines) if not (line == "" and i and lines[i - 1] == ""))
 
 
+def summary(root: Path) -> str:
+    """One markdown row per compared arm of every study: the README's short results table, from the same collected
+    files as docs/results.md (so the two cannot disagree)."""
+    head = head_lock_deps(root)
+    rows = ["| study | claim | arm vs baseline | runs collected | worst case: difference of seed means [95% CI] | "
+            "verdict |", "|---|---|---|---|---|---|"]
+    for name in all_studies(root):
+        study = load_study(name, root, check_params=False)
+        collected = load_collected(study, root, head)
+        results = arm_results(study, collected) if collected else {}
+        runs = f"{len(collected)} of {len(study.pairs())}"
+        compared = [a for a in study.arms.values() if a.role == "compared"]
+        for i, arm in enumerate(compared):
+            claim = study.claim if i == 0 else "〃"
+            base_name, _ = choose_baseline(arm.baseline, results) if results else (None, "")
+            if isinstance(arm.baseline, str):
+                base_name = arm.baseline
+            diff, word = "n/a", "not run yet" if not collected else "no paired seeds yet"
+            if results and base_name and results[arm.name].worst and results[base_name].worst:
+                c = compare_arm(study, results[arm.name], results[base_name])
+                if c["seeds"]:
+                    diff = pct(c["mean"], True) + (f" [{pct(c['low'], True)}, {pct(c['high'], True)}]"
+                                                   if c["low"] is not None else " (1 seed)")
+                    word = c["verdict"]
+            if any(x.stale for x in collected.values()):
+                word += " ⚠ stale"
+            base_text = base_name or "best of " + ", ".join(arm.baseline["best_of"])
+            rows.append(f"| [{name}](docs/results.md#study-{name}) | {claim} | {arm.name} vs {base_text} | {runs} | "
+                        f"{diff} | {word} |")
+    return "\n".join(rows)
+
+
 def all_studies(root: Path) -> list[str]:
     return sorted(p.stem for p in (root / STUDIES_DIR).glob("*.yaml"))
 
@@ -1176,6 +1208,7 @@ def main(argv=None) -> int:
     p_report.add_argument("names", nargs="*")
     p_report.add_argument("--check", action="store_true",
                           help="fail if a section differs from the collected files or a result is stale")
+    sub.add_parser("summary", help="print one markdown row per compared arm of every study (the README's table)")
     args = parser.parse_args(argv)
     root = Path.cwd()
     try:
@@ -1186,6 +1219,9 @@ def main(argv=None) -> int:
                            args.stall_timeout)
         if args.command == "status":
             return cmd_status(load_study(args.name, root, check_params=False), root)
+        if args.command == "summary":
+            print(summary(root))
+            return 0
         if args.command == "validate":
             bad = 0
             for name in args.names or all_studies(root):
