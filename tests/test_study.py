@@ -113,13 +113,12 @@ def test_unknown_study_key_has_did_you_mean(repo):
     assert "compared arm without a baseline" in msg
 
 
-def test_the_four_studies_are_well_formed():
-    """Their structure (roles, seeds, baselines) is checked here; their params against the schema by `run` and
-    `validate` (some arms need keys that other branches add)."""
+def test_the_studies_are_well_formed_and_their_params_valid():
+    """Structure (roles, seeds, baselines) and every arm's params against the schema, as `run` checks them."""
     names = study.all_studies(ROOT)
     assert names == ["chain", "darht", "methods", "precision", "purification"]
     for name in names:
-        s = study.load_study(name, ROOT, check_params=False)
+        s = study.load_study(name, ROOT)
         assert all(a.role != "compared" or len(a.seeds) >= 3 for a in s.arms.values())
         for arm in s.arms.values():
             assert dict(arm.overrides).get("attack.autoattack.version") == "standard"
