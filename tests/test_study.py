@@ -379,7 +379,7 @@ def test_tiny_study_runs_is_killed_resumes_and_reports(tmp_path):
 
     try:
         # a run the killed worker took off the queue can stay "running" with no process: --stall-timeout requeues it
-        second = run(study_cmd("run", "tiny", "-j", "1", "--poll", "1", "--stall-timeout", "30"), repo,
+        second = run(study_cmd("run", "tiny", "-j", "1", "--poll", "1", "--stall-timeout", "60"), repo,
                      timeout=900).stdout
     finally:
         subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=repo, env=env(), capture_output=True, timeout=120)

@@ -38,6 +38,7 @@ RESULTS_PAGE = Path("docs") / "results.md"
 STATE_DIR = Path(".dvc") / "tmp" / "studies"  # per-machine bookkeeping (start times, worker threads); not in git
 STALL_S = 180.0  # runs queued, no executor alive this long: a worker died mid-task; restart the queue
 MAX_RECOVERIES = 2
+RESTART_GRACE_S = 60.0
 ROLES = ("compared", "baseline", "context")
 DIRECTIONS = ("better", "at_least")
 STUDY_KEYS = ("claim", "model", "seeds", "base", "baseline", "direction", "margin", "report_metrics", "arms")
@@ -817,7 +818,7 @@ def cmd_run(study: Study, root: Path, jobs: int, threads: int, wait: bool, poll_
                     recoveries += 1
                     old_failed |= requeue_stalled(stuck, snap)
                     started_workers += start_workers()
-                    stalled_since = None
+                    stalled_since = time.monotonic() + RESTART_GRACE_S  # a fresh worker needs time to take a run
                     continue
             else:
                 stalled_since = None
