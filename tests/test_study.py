@@ -126,6 +126,15 @@ def test_the_studies_are_well_formed_and_their_params_valid():
     assert {a.baseline for a in chain.arms.values() if a.role == "compared"} == {"t20_c0", "t100_c0"}
 
 
+def test_run_refuses_an_unknown_arm_or_an_empty_selection_before_touching_the_queue(repo):
+    write_study(repo, "s", two_arms())
+    s = study.load_study("s", repo)
+    with pytest.raises(study.StudyError, match=r"--arms: no arm `t10` in .*did you mean `t100`\?"):
+        study.cmd_run(s, repo, 1, 1, False, 1.0, arms=["t10"])
+    with pytest.raises(study.StudyError, match="select no"):
+        study.cmd_run(s, repo, 1, 1, False, 1.0, arms=["t20"], seeds=[7])
+
+
 def test_set_params_are_what_dvc_applies(repo, tmp_path):
     """The `-S` arguments, applied by DVC's own override code, give exactly the params the study validated: values
     of every type, a preset that adds pool entries (`++`), and an override after the preset."""

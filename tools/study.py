@@ -666,7 +666,16 @@ def executor_alive(root: Path, stash_rev: str) -> bool:
 
 
 def cmd_run(study: Study, root: Path, jobs: int, threads: int, wait: bool, poll_s: float,
-            stall_s: float = STALL_S) -> int:
+            stall_s: float = STALL_S, arms: list[str] | None = None, seeds: list[int] | None = None) -> int:
+    for name in arms or []:
+        if name not in study.arms:
+            raise StudyError(f"--arms: no arm `{name}` in {study.path}{did_you_mean(name, study.arms)}; "
+                             f"its arms: {', '.join(study.arms)}")
+    selected = [(arm, seed) for arm, seed in study.pairs()  # `--arms` / `--seeds`: a part of the study, run first
+                if (not arms or arm.name in arms) and (seeds is None or seed in seeds)]
+    if not selected:
+        raise StudyError(f"--arms / --seeds select no (arm, seed) of {study.path}")
+    part = "" if len(selected) == len(study.pairs()) else " selected"
     check_workspace(root)
     head = head_lock_deps(root)
     outdated = lock_is_current(root, head)
@@ -677,7 +686,7 @@ def cmd_run(study: Study, root: Path, jobs: int, threads: int, wait: bool, poll_
     collected = load_collected(study, root, head)
     state = State(root)
     pending = {}
-    for arm, seed in study.pairs():
+    for arm, seed in selected:
         c = collected.get((arm.name, seed))
         if c and not c.stale:
             continue
@@ -685,7 +694,7 @@ def cmd_run(study: Study, root: Path, jobs: int, threads: int, wait: bool, poll_
             print(f"{arm.name} seed {seed}: collected result is stale ({'; '.join(c.stale)}); it is rerun")
         pending[study.experiment_name(arm.name, seed)] = (arm, seed)
     if not pending:
-        print(f"{study.name}: every (arm, seed) is collected on the current code; nothing to run")
+        print(f"{study.name}: every{part} (arm, seed) is collected on the current code; nothing to run")
         return 0
 
     def try_collect_all(refs) -> None:
@@ -842,8 +851,8 @@ def cmd_run(study: Study, root: Path, jobs: int, threads: int, wait: bool, poll_
     finally:
         for s, h in old_handlers.items():
             signal.signal(s, h)
-    done = len(study.pairs()) - len(pending)
-    print(f"{study.name}: {done} of {len(study.pairs())} runs collected; {len(failed)} failed; "
+    done = len(selected) - len(pending)
+    print(f"{study.name}: {done} of {len(selected)}{part} runs collected; {len(failed)} failed; "
           f"{len(pending) - len(failed)} not finished")
     if pending:
         return 1
@@ -1198,6 +1207,8 @@ def main(argv=None) -> int:
     p_run.add_argument("--threads", type=int, default=1, help="torch threads per run (OMP_NUM_THREADS; default 1)")
     p_run.add_argument("--no-wait", action="store_true", help="queue and start the workers, do not wait to collect")
     p_run.add_argument("--poll", type=float, default=10.0, help="seconds between checks of the queue (default 10)")
+    p_run.add_argument("--arms", help="only these arms (comma-separated); the rest waits for a later run")
+    p_run.add_argument("--seeds", help="only these seeds (comma-separated)")
     p_run.add_argument("--stall-timeout", type=float, default=STALL_S,
                        help=f"seconds with runs queued and none running before the queue is restarted "
                             f"(default {STALL_S:.0f})")
@@ -1216,8 +1227,12 @@ def main(argv=None) -> int:
         if args.command == "run":
             if args.jobs < 1 or args.threads < 1:
                 raise StudyError("-j/--jobs and --threads must be at least 1")
+            try:
+                seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
+            except ValueError:
+                raise StudyError(f"--seeds {args.seeds!r}: give integers, comma-separated (e.g. --seeds 0,1)")
             return cmd_run(load_study(args.name, root), root, args.jobs, args.threads, not args.no_wait, args.poll,
-                           args.stall_timeout)
+                           args.stall_timeout, args.arms.split(",") if args.arms else None, seeds)
         if args.command == "status":
             return cmd_status(load_study(args.name, root, check_params=False), root)
         if args.command == "summary":
