@@ -186,8 +186,10 @@ def add_run(repo: Path, s, arm: str, seed: int, n_robust: int, wall_s: float = 6
     folder = study.run_folder(repo, s.name, arm, seed)
     folder.mkdir(parents=True)
     acc = n_robust / len(POINTS)
-    files = {"metrics.json": {"student": {"autoattack_version": "standard", "masking_codes": "", "cw_l2_median": 1.5}},
-             "headline.json": {"student": {"gradient_masking": 0, "worst_case_acc": acc}},
+    flagged = n_robust % 2  # odd counts: flagged, so the report's count of flags is checked
+    files = {"metrics.json": {"student": {"autoattack_version": "standard", "gradient_masking": flagged,
+                                          "masking_codes": "ce_gap" if flagged else "", "cw_l2_median": 1.5}},
+             "headline.json": {"clean": 1.0, "worst": acc, "masking": flagged},  # the student's, flat (as metrics.py)
              "timing.json": {"train_seconds_total": 1.0},
              "outcomes.json": outcomes(worst, clean),
              "deps.json": fresh_deps(repo, s.arms[arm].expected_params(seed)),
@@ -222,7 +224,8 @@ def test_report_held(repo):
     assert row.endswith("| held |")
     assert "s0: +50.0 [" in row and "p < 0.001" in row
     assert "| a | baseline | 0, 1, 2 | 100.0 ± 0.0 [100.0, 100.0] | 26.7 ± 2.9 [" in text
-    assert "AutoAttack" in text and "| standard | 20 | 0 of 3 | 6 |" in text  # 3 runs x 60 s x 2 threads
+    # 3 runs x 60 s x 2 threads; flags from metrics.json (odd robust counts are flagged: a 5, 6, 5 and b 15, 17, 16)
+    assert "AutoAttack" in text and text.count("| standard | 20 | 2 of 3 (ce_gap) | 6 |") == 2
     assert "Cost: 12 CPU minutes" in text and "| 1.5 ± 0 [1.5, 1.5] |" in text
 
 
@@ -235,7 +238,7 @@ def test_summary_row_comes_from_the_same_files_as_the_report(repo):
     assert verdict_row(text).endswith("| +53.3 [+46.2, +60.5] | held |")
     shutil.rmtree(repo / "results" / "studies" / "s" / "b")
     row = next(line for line in study.summary(repo).splitlines() if line.startswith("| [s]("))
-    assert row.endswith("| 3 of 6 | n/a | no paired seeds yet |")
+    assert row.endswith("| 3 of 6 | n/a | not decided: no paired seeds yet |")
 
 
 def test_report_did_not_hold(repo):

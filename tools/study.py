@@ -39,6 +39,7 @@ STATE_DIR = Path(".dvc") / "tmp" / "studies"  # per-machine bookkeeping (start t
 STALL_S = 180.0  # runs queued, no executor alive this long: a worker died mid-task; restart the queue
 MAX_RECOVERIES = 2
 RESTART_GRACE_S = 60.0
+NOT_YET = "not decided: no paired seeds yet"
 ROLES = ("compared", "baseline", "context")
 DIRECTIONS = ("better", "at_least")
 STUDY_KEYS = ("claim", "model", "seeds", "base", "baseline", "direction", "margin", "report_metrics", "arms")
@@ -1058,7 +1059,7 @@ def section(study: Study, root: Path, head: dict) -> str:
         versions = sorted({str(c.metrics.get(study.model, {}).get("autoattack_version") or
                                c.outcomes["models"][study.model].get("autoattack_version")) for c in r.runs})
         n_points = sorted({c.outcomes["attack_points"]["n"] for c in r.runs})
-        flags = [c.headline.get(study.model, {}).get("gradient_masking") for c in r.runs]
+        flags = [c.metrics.get(study.model, {}).get("gradient_masking") for c in r.runs]  # per model, 0 / 1
         codes = sorted({c.metrics.get(study.model, {}).get("masking_codes") or "" for c in r.runs} - {""})
         flagged = f"{sum(1 for f in flags if f)} of {len(flags)}" + (f" ({', '.join(codes)})" if codes else "")
         cpu = [c.run["wall_s"] * (c.run.get("threads") or 1) / 60 for c in r.runs if c.run.get("wall_s") is not None]
@@ -1086,11 +1087,11 @@ def section(study: Study, root: Path, head: dict) -> str:
                 notes.append(how)
             r = results[arm.name]
             if base_name is None or not r.worst or not results[base_name].worst:
-                lines.append(f"| {arm.name} | {base_name or 'n/a'} | no paired seeds yet | n/a | {VERDICTS[2]} |")
+                lines.append(f"| {arm.name} | {base_name or 'n/a'} | no paired seeds yet | n/a | {NOT_YET} |")
                 continue
             c = compare_arm(study, r, results[base_name])
             if not c["seeds"]:
-                lines.append(f"| {arm.name} | {base_name} | no paired seeds yet | n/a | {VERDICTS[2]} |")
+                lines.append(f"| {arm.name} | {base_name} | no paired seeds yet | n/a | {NOT_YET} |")
                 continue
             per_seed = "; ".join(f"s{s}: {pct(d['diff'], True)} [{pct(d['ci_low'], True)}, {pct(d['ci_high'], True)}], "
                                  f"p {fmt_p(d['p_value'])}" for s, d in c["per_seed"])
@@ -1124,7 +1125,7 @@ def summary(root: Path) -> str:
             base_name, _ = choose_baseline(arm.baseline, results) if results else (None, "")
             if isinstance(arm.baseline, str):
                 base_name = arm.baseline
-            diff, word = "n/a", "not run yet" if not collected else "no paired seeds yet"
+            diff, word = "n/a", "not run yet" if not collected else NOT_YET
             if results and base_name and results[arm.name].worst and results[base_name].worst:
                 c = compare_arm(study, results[arm.name], results[base_name])
                 if c["seeds"]:
