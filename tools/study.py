@@ -1055,7 +1055,9 @@ def section(study: Study, root: Path, head: dict) -> str:
         for key in extra:
             values = [c.metrics.get(study.model, {}).get(key) for c in r.runs]
             values = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-            extras.append(mean_cell(values, lambda x, k=key: fmt_metric(k, x)) if values else "n/a")
+            # every reported metric is non-negative (accuracies and rates at most 1): the interval is cut to that
+            bounds = (0.0, 1.0) if re.search(r"(_acc|_headline|_rate)$", key) else (0.0, float("inf"))
+            extras.append(mean_cell(values, lambda x, k=key: fmt_metric(k, x), clip=bounds) if values else "n/a")
         versions = sorted({str(c.metrics.get(study.model, {}).get("autoattack_version") or
                                c.outcomes["models"][study.model].get("autoattack_version")) for c in r.runs})
         n_points = sorted({c.outcomes["attack_points"]["n"] for c in r.runs})
