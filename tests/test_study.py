@@ -135,6 +135,21 @@ def test_run_refuses_an_unknown_arm_or_an_empty_selection_before_touching_the_qu
         study.cmd_run(s, repo, 1, 1, False, 1.0, arms=["t20"], seeds=[7])
 
 
+def test_only_dvcs_parallel_worker_race_counts_as_transient(tmp_path):
+    """The line a CI run's failed experiment ended with (two workers, the same marker stage): retried once. A
+    failure of the experiment's own stage is not."""
+    log = tmp_path / "run.out"
+    log.write_text("Running stage 'darht_teacher@vit':\nERROR: failed to reproduce 'darht_teacher@vit': [Errno 2] No "
+                   "such file or directory: '/tmp/pytest-of-root/pytest-201/scale_out0/repo/.dvc/cache/runs/cd/"
+                   "cd7c53ea48829ca695d018bcfcb7b175df0811954902c2391ffc9ea003a8edfe/.m0Rt9huvwMtzVORB18NTRA.tmp'\n")
+    assert study.transient_failure(log)
+    log.write_text("ERROR: failed to reproduce 'teacher': [Errno 2] No such file or directory: 'data/prepared/x.pt'\n")
+    assert not study.transient_failure(log)
+    log.write_text("ERROR: failed to reproduce 'student': CUDA out of memory\n")
+    assert not study.transient_failure(log)
+    assert not study.transient_failure(tmp_path / "no-such.out")
+
+
 def test_set_params_are_what_dvc_applies(repo, tmp_path):
     """The `-S` arguments, applied by DVC's own override code, give exactly the params the study validated: values
     of every type, a preset that adds pool entries (`++`), and an override after the preset."""

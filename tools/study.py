@@ -657,6 +657,20 @@ class Interrupted(Exception):
     pass
 
 
+# Failures of DVC itself when queue workers run side by side, not of the experiment (treeverse/dvc#10673): the
+# run cache lists a stage's entries while another worker renames its temporary file there.
+TRANSIENT_FAILURES = re.compile(r"failed to reproduce '[^']+': \[Errno 2\] No such file or directory: '[^']*"
+                                r"/\.dvc/cache/runs/[^']*\.tmp'")
+
+
+def transient_failure(log: Path) -> bool:
+    """Whether a failed experiment's log shows one of DVC's known parallel-worker races (worth one more try)."""
+    try:
+        return bool(TRANSIENT_FAILURES.search(log.read_text(errors="replace")[-20000:]))
+    except OSError:
+        return False
+
+
 def executor_alive(root: Path, stash_rev: str) -> bool:
     """Whether the process running a queued experiment is alive: DVC's pid file names a live, non-zombie process."""
     try:
@@ -777,6 +791,7 @@ def cmd_run(study: Study, root: Path, jobs: int, threads: int, wait: bool, poll_
 
     old_handlers = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     failed: dict[str, str] = {}
+    retried: set[str] = set()
     idle_polls = 0
     stalled_since, recoveries = None, 0
 
@@ -809,7 +824,15 @@ def cmd_run(study: Study, root: Path, jobs: int, threads: int, wait: bool, poll_
                     state.save()
             for e in snap["failed"]:
                 if e["name"] in pending and e["rev"] not in old_failed and e["name"] not in failed:
-                    failed[e["name"]] = str(log_path(root, e["rev"]).relative_to(root))
+                    log = log_path(root, e["rev"])
+                    if e["name"] not in retried and transient_failure(log):
+                        retried.add(e["name"])
+                        old_failed.add(e["rev"])
+                        print(f"{e['name']} failed on a race between DVC's parallel workers, not on its own code "
+                              f"(log {log.relative_to(root)}): queued again, once", flush=True)
+                        queue_run(e["name"], *pending[e["name"]])
+                        continue
+                    failed[e["name"]] = str(log.relative_to(root))
                     print(f"FAILED {e['name']}: log {failed[e['name']]} (or `dvc queue logs {e['rev'][:7]}`)",
                           flush=True)
             active = {e["name"] for s in ("running", "queued") for e in snap[s]}
