@@ -150,6 +150,28 @@ def test_only_dvcs_parallel_worker_race_counts_as_transient(tmp_path):
     assert not study.transient_failure(tmp_path / "no-such.out")
 
 
+def test_dvc_lock_held_by_another_command_is_waited_for(monkeypatch, tmp_path):
+    """Two `study.py run` at once: one's `dvc status` meets the lock the other's `dvc exp run --queue` holds. It waits
+    and retries; any other failure, or a lock held past the wait, is returned at once / at the deadline."""
+    calls = []
+    locked = subprocess.CompletedProcess([], 1, "", "ERROR: Unable to acquire lock. Most likely another DVC process")
+
+    def fake_run(args, **kwargs):
+        calls.append(args)
+        return locked if len(calls) < 3 else subprocess.CompletedProcess(args, 0, "{}", "")
+
+    monkeypatch.setattr(study.subprocess, "run", fake_run)
+    monkeypatch.setattr(study, "LOCK_RETRY_S", 0.01)
+    assert study.run_dvc(["dvc", "status"], tmp_path).returncode == 0 and len(calls) == 3
+    calls.clear()
+    monkeypatch.setattr(study.subprocess, "run", lambda args, **kw: (calls.append(args), locked)[1])
+    assert study.run_dvc(["dvc", "status"], tmp_path, wait_s=0.05).returncode == 1 and len(calls) >= 2
+    calls.clear()
+    other = subprocess.CompletedProcess([], 1, "", "ERROR: bad params")
+    monkeypatch.setattr(study.subprocess, "run", lambda args, **kw: (calls.append(args), other)[1])
+    assert study.run_dvc(["dvc", "status"], tmp_path).returncode == 1 and len(calls) == 1
+
+
 def test_set_params_are_what_dvc_applies(repo, tmp_path):
     """The `-S` arguments, applied by DVC's own override code, give exactly the params the study validated: values
     of every type, a preset that adds pool entries (`++`), and an override after the preset."""

@@ -40,6 +40,7 @@ STALL_S = 180.0  # runs queued, no executor alive this long: a worker died mid-t
 MAX_RECOVERIES = 2
 RESTART_GRACE_S = 60.0
 NOT_YET = "not decided: no paired seeds yet"
+LOCK_WAIT_S, LOCK_RETRY_S = 600.0, 5.0  # another DVC command holds the repository lock: wait this long at most
 ROLES = ("compared", "baseline", "context")
 DIRECTIONS = ("better", "at_least")
 STUDY_KEYS = ("claim", "model", "seeds", "base", "baseline", "direction", "margin", "report_metrics", "arms")
@@ -562,9 +563,20 @@ def code_paths(head: dict) -> list[str]:
     return sorted(head["files"])
 
 
+def run_dvc(args: list[str], root: Path, wait_s: float = LOCK_WAIT_S) -> subprocess.CompletedProcess:
+    """A DVC command; while another DVC process holds the repository's lock (another `study.py run` queueing its
+    runs, say), wait and try again, for ``wait_s`` seconds at most."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        proc = subprocess.run(args, cwd=root, capture_output=True, text=True)
+        if proc.returncode == 0 or "Unable to acquire lock" not in proc.stderr or time.monotonic() > deadline:
+            return proc
+        time.sleep(LOCK_RETRY_S)
+
+
 def lock_is_current(root: Path, head: dict) -> list[str]:
     """Code files whose content differs from their hash in dvc.lock (`dvc status`): results would be stale at once."""
-    proc = subprocess.run(["dvc", "status", "--json"], cwd=root, capture_output=True, text=True)
+    proc = run_dvc(["dvc", "status", "--json"], root)
     if proc.returncode != 0:
         raise StudyError(f"`dvc status` failed: {proc.stderr.strip()[-2000:]}")
     try:
@@ -742,7 +754,7 @@ def cmd_run(study: Study, root: Path, jobs: int, threads: int, wait: bool, poll_
         args = ["dvc", "exp", "run", "--queue", "-f", "-n", name]
         for s in set_params_args(arm, seed, study.base_params):
             args += ["-S", s]
-        proc = subprocess.run(args, cwd=root, capture_output=True, text=True)
+        proc = run_dvc(args, root)
         if proc.returncode != 0:
             raise StudyError(f"`{' '.join(args)}` failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
         print(f"queued {name}: {' '.join(args[7:])}", flush=True)
