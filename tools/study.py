@@ -925,7 +925,7 @@ def cmd_status(study: Study, root: Path) -> int:
             what = f"failed (log {log_path(root, rev).relative_to(root)})"
         else:
             what = "missing"
-        key = what.split(" ")[0]
+        key = what.split(" ")[0].rstrip(",")
         counts[key] = counts.get(key, 0) + 1
         print(f"{arm.name:<24} seed {seed:<6} {what}")
     for folder in extra_folders(study, root):
