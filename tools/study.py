@@ -527,12 +527,18 @@ def log_path(root: Path, stash_rev: str) -> Path:
     return root / ".dvc" / "tmp" / "exps" / "run" / stash_rev / f"{stash_rev}.out"
 
 
+def executor_stat(root: Path, stash_rev: str) -> tuple[int, list[str]]:
+    """The pid of the process running a queued experiment (DVC's pid file) and its /proc/<pid>/stat fields after the
+    command name (state first). OSError / ValueError when there is none."""
+    pid = int((root / ".dvc" / "tmp" / "exps" / "run" / stash_rev / f"{stash_rev}.pid").read_text().strip())
+    return pid, Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def process_info(root: Path, stash_rev: str) -> tuple[float | None, int | None]:
     """A running experiment's start time (epoch s) and OMP_NUM_THREADS, from its executor process (Linux /proc)."""
     try:
-        pid = int((root / ".dvc" / "tmp" / "exps" / "run" / stash_rev / f"{stash_rev}.pid").read_text().strip())
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        ticks = int(stat.rsplit(")", 1)[1].split()[19])
+        pid, fields = executor_stat(root, stash_rev)
+        ticks = int(fields[19])
         boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
                     if line.startswith("btime"))
         started = boot + ticks / os.sysconf("SC_CLK_TCK")
@@ -686,8 +692,7 @@ def transient_failure(log: Path) -> bool:
 def executor_alive(root: Path, stash_rev: str) -> bool:
     """Whether the process running a queued experiment is alive: DVC's pid file names a live, non-zombie process."""
     try:
-        pid = int((root / ".dvc" / "tmp" / "exps" / "run" / stash_rev / f"{stash_rev}.pid").read_text().strip())
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        return executor_stat(root, stash_rev)[1][0] != "Z"
     except (OSError, ValueError, IndexError):
         return False
 
@@ -813,10 +818,10 @@ def cmd_run(study: Study, root: Path, jobs: int, threads: int, wait: bool, poll_
         workers (no process runs, so nothing is lost), drop those entries and queue the runs again."""
         print(f"nothing has run for {stall_s:.0f} s although {', '.join(names)} wait in DVC's queue (a worker "
               "stopped mid-task?): restarting the queue workers and queueing them again", flush=True)
-        subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=root, capture_output=True)
-        entries = {e["rev"]: e for s in ("running", "queued") for e in snap[s] if e["name"] in names}
-        if entries:
-            subprocess.run(["dvc", "queue", "remove", *entries], cwd=root, capture_output=True)
+        run_dvc(["dvc", "queue", "stop", "--kill"], root)
+        revs = [e["rev"] for s in ("running", "queued") for e in snap[s] if e["name"] in names]
+        if revs:
+            run_dvc(["dvc", "queue", "remove", *revs], root)
         for name in names:
             queue_run(name, *pending[name])
         return {e["rev"] for e in queue_snapshot(root)["failed"]}  # failures of the dropped entries are not news
@@ -1048,6 +1053,36 @@ def compare_arm(study: Study, arm: ArmResult, base: ArmResult) -> dict:
             "verdict": verdict(low, high, study.direction, study.margin)}
 
 
+@dataclass
+class Verdict:
+    baseline: str | None          # the baseline arm (None: a best_of with no results yet)
+    how: str                      # how a best_of baseline was chosen ("" for a named one)
+    comparison: dict | None       # compare_arm's result; None when no seed is paired yet
+    stale: bool                   # a run of the arm or of its baseline is stale
+
+    @property
+    def word(self) -> str:
+        return self.comparison["verdict"] if self.comparison else NOT_YET
+
+    def difference(self, one_seed: str = " (1 seed)") -> str:
+        c = self.comparison
+        if not c:
+            return "n/a"
+        return pct(c["mean"], True) + (f" [{pct(c['low'], True)}, {pct(c['high'], True)}]" if c["low"] is not None
+                                       else one_seed)
+
+
+def judge(study: Study, arm: Arm, results: dict[str, ArmResult]) -> Verdict:
+    """A compared arm against its baseline: the paired comparison and its verdict, when seeds pair."""
+    base_name, how = choose_baseline(arm.baseline, results)
+    r = results[arm.name]
+    base = results.get(base_name) if base_name else None
+    if base is None or not r.worst or not base.worst:
+        return Verdict(base_name, how, None, False)
+    c = compare_arm(study, r, base)
+    return Verdict(base_name, how, c if c["seeds"] else None, any(x.stale for x in r.runs + base.runs))
+
+
 def section(study: Study, root: Path, head: dict) -> str:
     """The study's part of docs/results.md, from results/studies/<name>/ alone (and HEAD's dvc.lock, for staleness)."""
     collected = load_collected(study, root, head)
@@ -1119,24 +1154,16 @@ def section(study: Study, root: Path, head: dict) -> str:
                   "| verdict |", "|---|---|---|---|---|"]
         notes = []
         for arm in compared:
-            base_name, how = choose_baseline(arm.baseline, results)
-            if how and how not in notes:
-                notes.append(how)
-            r = results[arm.name]
-            if base_name is None or not r.worst or not results[base_name].worst:
-                lines.append(f"| {arm.name} | {base_name or 'n/a'} | no paired seeds yet | n/a | {NOT_YET} |")
-                continue
-            c = compare_arm(study, r, results[base_name])
-            if not c["seeds"]:
-                lines.append(f"| {arm.name} | {base_name} | no paired seeds yet | n/a | {NOT_YET} |")
+            v = judge(study, arm, results)
+            if v.how and v.how not in notes:
+                notes.append(v.how)
+            if not v.comparison:
+                lines.append(f"| {arm.name} | {v.baseline or 'n/a'} | no paired seeds yet | n/a | {NOT_YET} |")
                 continue
             per_seed = "; ".join(f"s{s}: {pct(d['diff'], True)} [{pct(d['ci_low'], True)}, {pct(d['ci_high'], True)}], "
-                                 f"p {fmt_p(d['p_value'])}" for s, d in c["per_seed"])
-            means = pct(c["mean"], True) + (f" [{pct(c['low'], True)}, {pct(c['high'], True)}]" if c["low"] is not None
-                                            else " (1 seed: no interval over seeds)")
-            is_stale = any(x.stale for x in r.runs + results[base_name].runs)
-            lines.append(f"| {arm.name} | {base_name} | {per_seed} | {means} | {c['verdict']}"
-                         f"{' ⚠ stale' if is_stale else ''} |")
+                                 f"p {fmt_p(d['p_value'])}" for s, d in v.comparison["per_seed"])
+            lines.append(f"| {arm.name} | {v.baseline} | {per_seed} | {v.difference(' (1 seed: no interval over seeds)')} "
+                         f"| {v.word}{' ⚠ stale' if v.stale else ''} |")
         lines += [""] + [f"Baseline: {n}." for n in notes]
     cost = f"Cost: {total_cpu:.0f} CPU minutes (wall time × threads per run)"
     if unmeasured:
@@ -1159,21 +1186,14 @@ def summary(root: Path) -> str:
         compared = [a for a in study.arms.values() if a.role == "compared"]
         for i, arm in enumerate(compared):
             claim = study.claim if i == 0 else "〃"
-            base_name, _ = choose_baseline(arm.baseline, results) if results else (None, "")
-            if isinstance(arm.baseline, str):
-                base_name = arm.baseline
-            diff, word = "n/a", "not run yet" if not collected else NOT_YET
-            if results and base_name and results[arm.name].worst and results[base_name].worst:
-                c = compare_arm(study, results[arm.name], results[base_name])
-                if c["seeds"]:
-                    diff = pct(c["mean"], True) + (f" [{pct(c['low'], True)}, {pct(c['high'], True)}]"
-                                                   if c["low"] is not None else " (1 seed)")
-                    word = c["verdict"]
-            if any(x.stale for x in collected.values()):
-                word += " ⚠ stale"
-            base_text = base_name or "best of " + ", ".join(arm.baseline["best_of"])
+            if not collected:
+                v = Verdict(arm.baseline if isinstance(arm.baseline, str) else None, "", None, False)
+            else:
+                v = judge(study, arm, results)
+            word = ("not run yet" if not collected else v.word) + (" ⚠ stale" if v.stale else "")
+            base_text = v.baseline or "best of " + ", ".join(arm.baseline["best_of"])
             rows.append(f"| [{name}](docs/results.md#study-{name}) | {claim} | {arm.name} vs {base_text} | {runs} | "
-                        f"{diff} | {word} |")
+                        f"{v.difference()} | {word} |")
     return "\n".join(rows)
 
 
