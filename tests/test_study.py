@@ -312,6 +312,25 @@ def test_report_without_runs_says_so_without_numbers(repo):
     assert "|" not in text
 
 
+def test_costs_measure_each_method_and_estimate_what_each_study_has_left(repo):
+    report_repo(repo, {"a": [5, 6, 5]})  # arm a: 3 runs of 60 s at 2 threads, 2 CPU minutes each; arm b: none yet
+    # a second study: `same` has arm a's params (DVC's run cache restores it), `other` a method never measured
+    write_study(repo, "t", {"claim": "x", "seeds": [0, 1], "baseline": "same",
+                            "arms": {"same": {"role": "baseline", "overrides": {"temperature": 20}},
+                                     "other": {"overrides": {"method": "natural"}}}})
+    text = study.costs(repo)
+    method = study.load_study("s", repo).arms["a"].params["method"]
+    assert method != "natural"
+    assert f"| {method} | 3 (s/a) | 2 (2-2) | 0.0 | 2 | 20 | standard |" in text
+    assert "| s | 3 of 6 | 6 | 3 | 0 | 6 | 0.1 | no |" in text  # arm b: its method's median run, 3 × 2 minutes
+    assert "| t | 0 of 4 | 0 | 4 | 2 | 0 + runs of natural (none measured yet) | 0.0 or more | unknown |" in text
+    run_json = repo / "results" / "studies" / "s" / "a" / "seed-0" / "run.json"
+    run_json.write_text(json.dumps({**json.loads(run_json.read_text()), "wall_s": 6 * 3600.0, "threads": 1}))
+    assert "| s | 3 of 6 | 364 | 3 | 0 | 6 | 3.1 | no |" in study.costs(repo)
+    run_json.write_text(json.dumps({**json.loads(run_json.read_text()), "wall_s": 13 * 3600.0}))
+    assert "| over the cost rule |" in text and "| 6.6 | yes |" in study.costs(repo)
+
+
 def test_pairing_refuses_other_attacked_points(repo):
     report_repo(repo, {"a": [5, 6, 5], "b": [15, 17, 16]})
     path = repo / "results" / "studies" / "s" / "b" / "seed-1" / "outcomes.json"

@@ -1197,6 +1197,82 @@ def summary(root: Path) -> str:
     return "\n".join(rows)
 
 
+COST_RULE_HOURS = 6.0   # a study longer than this on the 2-core CPU attacks 500 points instead (docs/studies.md)
+
+
+def _median(values: list[float]) -> float:
+    v = sorted(values)
+    return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+
+
+def cpu_minutes(c: Collected) -> float | None:
+    wall = c.run.get("wall_s")
+    return None if wall is None else wall * (c.run.get("threads") or 1) / 60
+
+
+def costs(root: Path, workers: int = 2) -> str:
+    """What one run of each method cost, and what each study has cost and would still cost, from the collected
+    runs' run.json and timing.json alone (docs/performance.md's block)."""
+    head = head_lock_deps(root)
+    studies = [load_study(n, root, check_params=False) for n in all_studies(root)]
+    done = {s.name: load_collected(s, root, head) for s in studies}
+    by_method: dict[str, list[tuple[str, Collected, str]]] = {}  # method -> (study/arm, run, the study's model)
+    for s in studies:
+        for (arm, _), c in done[s.name].items():
+            if cpu_minutes(c) is not None:
+                by_method.setdefault(str(s.arms[arm].params.get("method")), []).append((f"{s.name}/{arm}", c, s.model))
+    lines = ["Measured: one run = one arm and seed of a study, on 1 thread while a second run used the other core "
+             "(wall minutes = CPU minutes). Training = the roles' `train_seconds` in `timing.json`; the rest is data "
+             "preparation, the surrogate, prediction and the attack suite with standard AutoAttack on every attacked "
+             "model. A stage that DVC's run cache restored costs its run nothing, so a shared teacher is paid once.",
+             "", "| method | runs measured (study/arm) | minutes per run: median (min-max) | training minutes: median "
+             "| the rest: median | attacked points | AutoAttack |", "|---|---|---|---|---|---|---|"]
+    method_median = {}
+    for method, runs in sorted(by_method.items()):
+        minutes = [cpu_minutes(c) for _, c, _ in runs]
+        train = [(c.timing.get("train_seconds_total") or 0) / 60 for _, c, _ in runs]
+        rest = [m - t for m, t in zip(minutes, train) if m >= t]  # m < t: training restored from the run cache
+        method_median[method] = _median(minutes)
+        arms = sorted({a for a, _, _ in runs})
+        points = sorted({c.outcomes["attack_points"]["n"] for _, c, _ in runs})
+        versions = sorted({str(c.outcomes["models"].get(model, {}).get("autoattack_version")) for _, c, model in runs})
+        lines.append(f"| {method} | {len(runs)} ({', '.join(arms)}) | {_median(minutes):.0f} ({min(minutes):.0f}-"
+                     f"{max(minutes):.0f}) | {_median(train):.1f} | " + (f"{_median(rest):.0f}" if rest else "n/a") +
+                     f" | {', '.join(map(str, points))} | {', '.join(versions)} |")
+    lines += ["", f"Each study: CPU minutes spent on its collected runs, and an estimate for the runs left: an arm's "
+              f"own mean when it has a measured run, else the median run of its method above; a run whose params "
+              f"equal a collected run of another study costs about nothing while this machine's DVC run cache holds "
+              f"that run. Hours assume {workers} queue workers at 1 thread; the cost rule: a study over about "
+              f"{COST_RULE_HOURS:.0f} h attacks 500 points instead of 1,000.", "",
+              "| study | runs collected | CPU minutes spent | runs left | of which restored by the run cache | "
+              "estimated CPU minutes left | estimated hours in all, on 2 cores | over the cost rule |",
+              "|---|---|---|---|---|---|---|---|"]
+    params_done = [(s.arms[arm].expected_params(seed), f"{s.name}/{arm}/seed-{seed}")
+                   for s in studies for (arm, seed) in done[s.name]]
+    for s in studies:
+        spent = sum(cpu_minutes(c) or 0 for c in done[s.name].values())
+        left = [(a, seed) for a, seed in s.pairs() if (a.name, seed) not in done[s.name]]
+        cached, estimate, unknown = 0, 0.0, set()
+        for arm, seed in left:
+            if any(p == arm.expected_params(seed) for p, _ in params_done):
+                cached += 1
+                continue
+            own = [cpu_minutes(c) for (a, _), c in done[s.name].items() if a == arm.name and cpu_minutes(c)]
+            method = str(arm.params.get("method"))
+            if own:
+                estimate += sum(own) / len(own)
+            elif method in method_median:
+                estimate += method_median[method]
+            else:
+                unknown.add(method)
+        hours = (spent + estimate) / workers / 60
+        unknown_text = f" + runs of {', '.join(sorted(unknown))} (none measured yet)" if unknown else ""
+        over = "unknown" if unknown and hours <= COST_RULE_HOURS else ("yes" if hours > COST_RULE_HOURS else "no")
+        lines.append(f"| {s.name} | {len(done[s.name])} of {len(s.pairs())} | {spent:.0f} | {len(left)} | {cached} | "
+                     f"{estimate:.0f}{unknown_text} | {hours:.1f}{' or more' if unknown else ''} | {over} |")
+    return "\n".join(lines)
+
+
 def all_studies(root: Path) -> list[str]:
     return sorted(p.stem for p in (root / STUDIES_DIR).glob("*.yaml"))
 
@@ -1279,6 +1355,8 @@ def main(argv=None) -> int:
     p_report.add_argument("--check", action="store_true",
                           help="fail if a section differs from the collected files or a result is stale")
     sub.add_parser("summary", help="print one markdown row per compared arm of every study (the README's table)")
+    sub.add_parser("costs", help="print what one run of each method cost and each study's cost, spent and left "
+                                 "(docs/performance.md's table)")
     args = parser.parse_args(argv)
     root = Path.cwd()
     try:
@@ -1295,6 +1373,9 @@ def main(argv=None) -> int:
             return cmd_status(load_study(args.name, root, check_params=False), root)
         if args.command == "summary":
             print(summary(root))
+            return 0
+        if args.command == "costs":
+            print(costs(root))
             return 0
         if args.command == "validate":
             bad = 0
