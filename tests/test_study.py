@@ -255,10 +255,14 @@ def verdict_row(text: str, arm: str = "b") -> str:
                 and " s0: " in line)
 
 
+def verdict_cell(row: str) -> str:
+    return row.split("|")[-3].strip()  # the last column is the family-wise one
+
+
 def test_report_held(repo):
     text = report_repo(repo, {"a": [5, 6, 5], "b": [15, 17, 16]})
     row = verdict_row(text)
-    assert row.endswith("| held |")
+    assert verdict_cell(row) == "held"
     assert "s0: +50.0 [" in row and "p < 0.001" in row
     assert "| a | baseline | 0, 1, 2 | 100.0 ± 0.0 [100.0, 100.0] | 26.7 ± 2.9 [" in text
     # 3 runs x 60 s x 2 threads; flags from metrics.json (odd robust counts are flagged: a 5, 6, 5 and b 15, 17, 16)
@@ -271,22 +275,24 @@ def test_summary_row_comes_from_the_same_files_as_the_report(repo):
     text = report_repo(repo, {"a": [5, 6, 5], "b": [15, 17, 16]})
     rows = [line for line in study.summary(repo).splitlines() if line.startswith("| [s](")]
     # differences 50, 55, 55 points: mean 53.3, t(2) interval ± 4.303 × 2.887 / √3
-    assert rows == ["| [s](docs/results.md#study-s) | B beats A. | b vs a | 6 of 6 | +53.3 [+46.2, +60.5] | held |"]
-    assert verdict_row(text).endswith("| +53.3 [+46.2, +60.5] | held |")
+    # one compared arm: the family-wise interval is the 95% one
+    assert rows == ["| [s](docs/results.md#study-s) | B beats A. | b vs a | 6 of 6 | +53.3 [+46.2, +60.5] | held | "
+                    "[+46.2, +60.5] held |"]
+    assert verdict_row(text).endswith("| +53.3 [+46.2, +60.5] | held | [+46.2, +60.5] held |")
     shutil.rmtree(repo / "results" / "studies" / "s" / "b")
     row = next(line for line in study.summary(repo).splitlines() if line.startswith("| [s]("))
-    assert row.endswith("| 3 of 6 | n/a | not decided: no paired seeds yet |")
+    assert row.endswith("| 3 of 6 | n/a | not decided: no paired seeds yet | n/a |")
 
 
 def test_report_did_not_hold(repo):
-    assert verdict_row(report_repo(repo, {"a": [15, 16, 15], "b": [5, 6, 4]})).endswith("| did not hold |")
+    assert verdict_cell(verdict_row(report_repo(repo, {"a": [15, 16, 15], "b": [5, 6, 4]}))) == "did not hold"
 
 
 def test_report_undecided_when_the_interval_over_seeds_includes_zero(repo):
     # every seed's paired difference is large, but in both directions: the seed-level interval decides
     text = report_repo(repo, {"a": [5, 15, 10], "b": [15, 5, 11]})
     row = verdict_row(text)
-    assert row.endswith("| undecided at this budget |")
+    assert verdict_cell(row) == "undecided at this budget"
     assert "s0: +50.0" in row and "s1: -50.0" in row
 
 
@@ -302,7 +308,19 @@ def test_report_best_of_picks_the_best_mean_and_one_seed_is_undecided(repo):
     assert "Baseline: best of a, c by mean worst-case accuracy (a 25.0, c 51.7)." in text
     assert "| ctx | context | 0 | 100.0 (1 seed) | 15.0 (1 seed) |" in text
     one_seed = report_repo(repo, {}, seeds=[0])  # the same files, seed 0 only: no interval over seeds
-    assert verdict_row(one_seed).endswith("(1 seed: no interval over seeds) | undecided at this budget |")
+    assert verdict_row(one_seed).endswith("(1 seed: no interval over seeds) | undecided at this budget | n/a |")
+
+
+def test_several_compared_arms_get_a_family_wise_interval_and_verdict(repo):
+    spec = {"arms": {"a": {"role": "baseline", "overrides": {"temperature": 20}},
+                     "b": {"overrides": {"temperature": 100}},
+                     "c": {"overrides": {"temperature": 50}}}}
+    text = report_repo(repo, {"a": [5, 6, 5], "b": [15, 17, 16], "c": [7, 8, 6]}, **spec)
+    # b - a: 50, 55, 55 points; at 1 - 0.05 / 2 = 97.5%, t(0.9875, 2) = 6.205: 53.3 ± 6.205 × 2.887 / √3
+    assert verdict_row(text, "b").endswith("| +53.3 [+46.2, +60.5] | held | [+43.0, +63.7] held |")
+    # c - a: 10, 10, 5 points: held at 95%, but not once both compared arms are accounted for
+    assert verdict_row(text, "c").endswith("| +8.3 [+1.2, +15.5] | held | [-2.0, +18.7] undecided at this budget |")
+    assert "With 2 compared arms" in text and "97.50% (Bonferroni)" in text
 
 
 def test_report_without_runs_says_so_without_numbers(repo):

@@ -1049,8 +1049,19 @@ def compare_arm(study: Study, arm: ArmResult, base: ArmResult) -> dict:
     mean = low = high = None
     if diffs:
         mean, _, low, high = mean_interval(diffs)
-    return {"seeds": seeds, "per_seed": per_seed, "mean": mean, "low": low, "high": high,
+    return {"seeds": seeds, "per_seed": per_seed, "diffs": diffs, "mean": mean, "low": low, "high": high,
             "verdict": verdict(low, high, study.direction, study.margin)}
+
+
+def family_wise(study: Study, comparison: dict, n_compared: int) -> str:
+    """The seed-mean interval and verdict at 1 - 0.05 / n_compared (Bonferroni over the study's compared arms): a
+    reader scanning several arms for one that "held" should know whether it survives the multiplicity."""
+    from robustkd.stats import mean_interval
+
+    if len(comparison["diffs"]) < 2:
+        return "n/a"
+    _, _, low, high = mean_interval(comparison["diffs"], 1 - 0.05 / n_compared)
+    return f"[{pct(low, True)}, {pct(high, True)}] {verdict(low, high, study.direction, study.margin)}"
 
 
 @dataclass
@@ -1151,20 +1162,27 @@ def section(study: Study, root: Path, head: dict) -> str:
                   "decided by the difference of the seed means and its 95% t-interval over seeds (the per-seed "
                   "differences, paired by seed).", "",
                   "| arm | baseline | per seed: difference [95% CI], McNemar p | difference of seed means [95% CI] "
-                  "| verdict |", "|---|---|---|---|---|"]
+                  f"| verdict | family-wise over {len(compared)} compared arm(s) (Bonferroni) |",
+                  "|---|---|---|---|---|---|"]
         notes = []
         for arm in compared:
             v = judge(study, arm, results)
             if v.how and v.how not in notes:
                 notes.append(v.how)
             if not v.comparison:
-                lines.append(f"| {arm.name} | {v.baseline or 'n/a'} | no paired seeds yet | n/a | {NOT_YET} |")
+                lines.append(f"| {arm.name} | {v.baseline or 'n/a'} | no paired seeds yet | n/a | {NOT_YET} | n/a |")
                 continue
             per_seed = "; ".join(f"s{s}: {pct(d['diff'], True)} [{pct(d['ci_low'], True)}, {pct(d['ci_high'], True)}], "
                                  f"p {fmt_p(d['p_value'])}" for s, d in v.comparison["per_seed"])
             lines.append(f"| {arm.name} | {v.baseline} | {per_seed} | {v.difference(' (1 seed: no interval over seeds)')} "
-                         f"| {v.word}{' ⚠ stale' if v.stale else ''} |")
+                         f"| {v.word}{' ⚠ stale' if v.stale else ''} | "
+                         f"{family_wise(study, v.comparison, len(compared))} |")
         lines += [""] + [f"Baseline: {n}." for n in notes]
+        if len(compared) > 1:
+            lines += ["", f"The verdict is per arm, at 95%. With {len(compared)} compared arms, one of them can "
+                      f"\"hold\" by chance; the last column widens each interval to {100 - 5 / len(compared):.2f}% "
+                      f"(Bonferroni), so that the chance that any of the {len(compared)} misses its true difference "
+                      f"is at most 5%."]
     cost = f"Cost: {total_cpu:.0f} CPU minutes (wall time × threads per run)"
     if unmeasured:
         cost += f", plus {unmeasured} run(s) whose wall time was not measured"
@@ -1177,7 +1195,7 @@ def summary(root: Path) -> str:
     files as docs/results.md (so the two cannot disagree)."""
     head = head_lock_deps(root)
     rows = ["| study | claim | arm vs baseline | runs collected | worst case: difference of seed means [95% CI] | "
-            "verdict |", "|---|---|---|---|---|---|"]
+            "verdict | family-wise (Bonferroni over the study's compared arms) |", "|---|---|---|---|---|---|---|"]
     for name in all_studies(root):
         study = load_study(name, root, check_params=False)
         collected = load_collected(study, root, head)
@@ -1192,8 +1210,9 @@ def summary(root: Path) -> str:
                 v = judge(study, arm, results)
             word = ("not run yet" if not collected else v.word) + (" ⚠ stale" if v.stale else "")
             base_text = v.baseline or "best of " + ", ".join(arm.baseline["best_of"])
+            family = family_wise(study, v.comparison, len(compared)) if v.comparison else "n/a"
             rows.append(f"| [{name}](docs/results.md#study-{name}) | {claim} | {arm.name} vs {base_text} | {runs} | "
-                        f"{v.difference()} | {word} |")
+                        f"{v.difference()} | {word} | {family} |")
     return "\n".join(rows)
 
 
