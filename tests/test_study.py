@@ -342,6 +342,15 @@ def test_costs_measure_each_method_and_estimate_what_each_study_has_left(repo):
     assert f"| {method} | 3 (s/a) | 2 (2-2) | 0.0 | 2 | 20 | standard |" in text
     assert "| s | 3 of 6 | 6 | 3 | 0 | 6 | 0.1 | no |" in text  # arm b: its method's median run, 3 × 2 minutes
     assert "| t | 0 of 4 | 0 | 4 | 2 | 0 + runs of natural (none measured yet) | 0.0 or more | unknown |" in text
+    # study t's `same` seed 0 collected after s/a seed 0: a run-cache restore, left out of the method's row
+    add_run(repo, study.load_study("t", repo), "same", 0, 5, wall_s=3.0)
+    for study_name, arm, when in [("s", "a", "10:00"), ("t", "same", "11:00")]:
+        path = repo / "results" / "studies" / study_name / arm / "seed-0" / "run.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "finished_at": f"2026-11-30T{when}:00+00:00"}))
+    text = study.costs(repo)
+    assert f"| {method} | 3 (s/a) | 2 (2-2) |" in text and "(1 such run(s))" in text
+    assert "| t | 1 of 4 | 0 | 3 | 1 |" in text
+    shutil.rmtree(repo / "results" / "studies" / "t")
     run_json = repo / "results" / "studies" / "s" / "a" / "seed-0" / "run.json"
     run_json.write_text(json.dumps({**json.loads(run_json.read_text()), "wall_s": 6 * 3600.0, "threads": 1}))
     assert "| s | 3 of 6 | 364 | 3 | 0 | 6 | 3.1 | no |" in study.costs(repo)

@@ -1235,15 +1235,23 @@ def costs(root: Path, workers: int = 2) -> str:
     head = head_lock_deps(root)
     studies = [load_study(n, root, check_params=False) for n in all_studies(root)]
     done = {s.name: load_collected(s, root, head) for s in studies}
+    # every collected run with its full params; a run whose params equal an earlier one's was restored by DVC's run
+    # cache: it counts in its study's minutes but says nothing of what its method costs
+    runs_params = [(s, arm, seed, c, s.arms[arm].expected_params(seed))
+                   for s in studies for (arm, seed), c in done[s.name].items()]
+    restored = {id(c) for _, _, _, c, params in runs_params
+                if any(p == params and o.run.get("finished_at", "") < c.run.get("finished_at", "")
+                       for _, _, _, o, p in runs_params if o is not c)}
     by_method: dict[str, list[tuple[str, Collected, str]]] = {}  # method -> (study/arm, run, the study's model)
-    for s in studies:
-        for (arm, _), c in done[s.name].items():
-            if cpu_minutes(c) is not None:
-                by_method.setdefault(str(s.arms[arm].params.get("method")), []).append((f"{s.name}/{arm}", c, s.model))
+    for s, arm, _, c, params in runs_params:
+        if cpu_minutes(c) is not None and id(c) not in restored:
+            by_method.setdefault(str(params.get("method")), []).append((f"{s.name}/{arm}", c, s.model))
     lines = ["Measured: one run = one arm and seed of a study, on 1 thread while a second run used the other core "
              "(wall minutes = CPU minutes). Training = the roles' `train_seconds` in `timing.json`; the rest is data "
              "preparation, the surrogate, prediction and the attack suite with standard AutoAttack on every attacked "
-             "model. A stage that DVC's run cache restored costs its run nothing, so a shared teacher is paid once.",
+             "model. A stage that DVC's run cache restored costs its run nothing, so a shared teacher is paid once; "
+             f"a run whose params equal an earlier collected run's is left out of this table ({len(restored)} "
+             "such run(s)).",
              "", "| method | runs measured (study/arm) | minutes per run: median (min-max) | training minutes: median "
              "| the rest: median | attacked points | AutoAttack |", "|---|---|---|---|---|---|---|"]
     method_median = {}
@@ -1266,14 +1274,12 @@ def costs(root: Path, workers: int = 2) -> str:
               "| study | runs collected | CPU minutes spent | runs left | of which restored by the run cache | "
               "estimated CPU minutes left | estimated hours in all, on 2 cores | over the cost rule |",
               "|---|---|---|---|---|---|---|---|"]
-    params_done = [(s.arms[arm].expected_params(seed), f"{s.name}/{arm}/seed-{seed}")
-                   for s in studies for (arm, seed) in done[s.name]]
     for s in studies:
         spent = sum(cpu_minutes(c) or 0 for c in done[s.name].values())
         left = [(a, seed) for a, seed in s.pairs() if (a.name, seed) not in done[s.name]]
         cached, estimate, unknown = 0, 0.0, set()
         for arm, seed in left:
-            if any(p == arm.expected_params(seed) for p, _ in params_done):
+            if any(p == arm.expected_params(seed) for *_, p in runs_params):
                 cached += 1
                 continue
             own = [cpu_minutes(c) for (a, _), c in done[s.name].items() if a == arm.name and cpu_minutes(c)]
