@@ -268,6 +268,9 @@ def test_report_held(repo):
     # 3 runs x 60 s x 2 threads; flags from metrics.json (odd robust counts are flagged: a 5, 6, 5 and b 15, 17, 16)
     assert "AutoAttack" in text and text.count("| standard | 20 | 2 of 3 (ce_gap) | 6 |") == 2
     assert "Cost: 12 CPU minutes" in text and "| 1.5 ± 0 [1.5, 1.5] |" in text
+    # the setup: what every arm shares (the budget, from params.yaml) and what each arm changes
+    assert "Every arm runs HEAD's params.yaml with no overrides; the budget: dataset fashion_mnist;" in text
+    assert "- `a` (baseline, 3 seeds): temperature=20\n- `b` (compared, 3 seeds): temperature=100\n" in text
 
 
 def test_summary_row_comes_from_the_same_files_as_the_report(repo):
