@@ -6,6 +6,8 @@ finished run into results/studies/<name>/ (kept in git), and write the study's t
     python tools/study.py status chain                 # collected / stale / queued / running / failed / missing
     python tools/study.py report chain                 # its section of docs/results.md, from results/studies/chain/
     python tools/study.py report --check               # CI: every study's section is current and no result is stale
+    python tools/study.py summary                      # the README's one-row-per-claim table (a generated block)
+    python tools/study.py costs                        # minutes per method and per study, spent and left
 
 The study file format, the verdict rule and the resume rules: docs/studies.md.
 """
