@@ -299,7 +299,7 @@ def test_report_undecided_when_the_interval_over_seeds_includes_zero(repo):
     assert "s0: +50.0" in row and "s1: -50.0" in row
 
 
-def test_report_best_of_picks_the_best_mean_and_one_seed_is_undecided(repo):
+def test_report_best_of_picks_the_best_mean_and_fewer_than_3_seeds_decide_nothing(repo):
     spec = {"baseline": {"best_of": ["a", "c"]},
             "arms": {"a": {"role": "baseline", "overrides": {"temperature": 20}},
                      "c": {"role": "baseline", "overrides": {"temperature": 50}},
@@ -311,7 +311,12 @@ def test_report_best_of_picks_the_best_mean_and_one_seed_is_undecided(repo):
     assert "Baseline: best of a, c by mean worst-case accuracy (a 25.0, c 51.7)." in text
     assert "| ctx | context | 0 | 100.0 (1 seed) | 15.0 (1 seed) |" in text
     one_seed = report_repo(repo, {}, seeds=[0])  # the same files, seed 0 only: no interval over seeds
-    assert verdict_row(one_seed).endswith("(1 seed: no interval over seeds) | undecided at this budget | n/a |")
+    assert verdict_row(one_seed).endswith("(1 seed: no interval over seeds) | not decided: 1 paired seed, a verdict "
+                                          "needs 3 | n/a |")
+    # two seeds give an interval, here wholly above 0, but a claim rests on 3 seeds: no verdict word yet
+    two_seeds = report_repo(repo, {}, seeds=[0, 1])
+    assert verdict_row(two_seeds).endswith("| +37.5 [+5.7, +69.3] | not decided: 2 paired seeds, a verdict needs 3 | "
+                                           "[+5.7, +69.3] not decided: 2 paired seeds, a verdict needs 3 |")
 
 
 def test_several_compared_arms_get_a_family_wise_interval_and_verdict(repo):

@@ -42,6 +42,7 @@ STALL_S = 180.0  # runs queued, no executor alive this long: a worker died mid-t
 MAX_RECOVERIES = 2
 RESTART_GRACE_S = 60.0
 NOT_YET = "not decided: no paired seeds yet"
+MIN_PAIRED_SEEDS = 3  # a claim rests on at least 3 training seeds: fewer paired seeds give no verdict word
 LOCK_WAIT_S, LOCK_RETRY_S = 600.0, 5.0  # another DVC command holds the repository lock: wait this long at most
 ROLES = ("compared", "baseline", "context")
 DIRECTIONS = ("better", "at_least")
@@ -1056,7 +1057,15 @@ def compare_arm(study: Study, arm: ArmResult, base: ArmResult) -> dict:
     if diffs:
         mean, _, low, high = mean_interval(diffs)
     return {"seeds": seeds, "per_seed": per_seed, "diffs": diffs, "mean": mean, "low": low, "high": high,
-            "verdict": verdict(low, high, study.direction, study.margin)}
+            "verdict": seed_gated(len(seeds), verdict(low, high, study.direction, study.margin))}
+
+
+def seed_gated(n_paired: int, word: str) -> str:
+    """The verdict word only when at least MIN_PAIRED_SEEDS seeds pair: two seeds that happen to agree give a
+    zero-width interval, not evidence."""
+    if n_paired >= MIN_PAIRED_SEEDS:
+        return word
+    return f"not decided: {n_paired} paired seed{'s' * (n_paired != 1)}, a verdict needs {MIN_PAIRED_SEEDS}"
 
 
 def family_wise(study: Study, comparison: dict, n_compared: int) -> str:
@@ -1067,7 +1076,8 @@ def family_wise(study: Study, comparison: dict, n_compared: int) -> str:
     if len(comparison["diffs"]) < 2:
         return "n/a"
     _, _, low, high = mean_interval(comparison["diffs"], 1 - 0.05 / n_compared)
-    return f"[{pct(low, True)}, {pct(high, True)}] {verdict(low, high, study.direction, study.margin)}"
+    word = seed_gated(len(comparison["diffs"]), verdict(low, high, study.direction, study.margin))
+    return f"[{pct(low, True)}, {pct(high, True)}] {word}"
 
 
 @dataclass
