@@ -491,6 +491,9 @@ def test_tiny_study_runs_is_killed_resumes_and_reports(tmp_path):
         name = "tiny-" + done.replace("/seed-", "-s")
         assert f"collected {name}" not in second and f"queued {name}:" not in second
     assert "tiny: 4 of 4 runs collected; 0 failed" in second, second
+    # queued without -f, so DVC's run cache restores what `dvc repro` computed (seed 0's data, teacher, the soft run)
+    logs = "".join(p.read_text(errors="replace") for p in (repo / ".dvc" / "tmp" / "exps" / "run").glob("*/*.out"))
+    assert "is cached - skipping run" in logs, logs[-3000:]
     for arm in ("mixed", "soft"):
         for seed in (0, 1):
             folder = results / arm / f"seed-{seed}"

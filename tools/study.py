@@ -704,6 +704,13 @@ def executor_alive(root: Path, stash_rev: str) -> bool:
         return False
 
 
+def queue_flags(name: str, existing: set[str]) -> list[str]:
+    """`-f` only when an experiment of this name exists or waits in the queue: DVC needs it to overwrite one, but it
+    also forces every stage to run, bypassing the run cache that otherwise restores what an identical earlier run
+    computed (a teacher shared by arms, an arm identical to another study's)."""
+    return ["-f"] if name in existing else []
+
+
 def cmd_run(study: Study, root: Path, jobs: int, threads: int, wait: bool, poll_s: float,
             stall_s: float = STALL_S, arms: list[str] | None = None, seeds: list[int] | None = None) -> int:
     for name in arms or []:
@@ -762,14 +769,15 @@ def cmd_run(study: Study, root: Path, jobs: int, threads: int, wait: bool, poll_
     code = code_paths(head) + ["dvc.yaml"]
     queued_now = 0
 
+    existing = set(exp_refs(root)) | in_queue  # names DVC would refuse to queue again without -f
+
     def queue_run(name: str, arm: Arm, seed: int) -> None:
-        args = ["dvc", "exp", "run", "--queue", "-f", "-n", name]
-        for s in set_params_args(arm, seed, study.base_params):
-            args += ["-S", s]
+        set_args = [a for s in set_params_args(arm, seed, study.base_params) for a in ("-S", s)]
+        args = ["dvc", "exp", "run", "--queue", "-n", name, *queue_flags(name, existing), *set_args]
         proc = run_dvc(args, root)
         if proc.returncode != 0:
             raise StudyError(f"`{' '.join(args)}` failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-        print(f"queued {name}: {' '.join(args[7:])}", flush=True)
+        print(f"queued {name}: {' '.join(set_args)}", flush=True)
     for name, (arm, seed) in pending.items():
         entries = [e for s in ("running", "queued") for e in snap[s] if e["name"] == name]
         reusable = [e for e in entries if e["baseline"] == head_rev or
