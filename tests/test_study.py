@@ -234,6 +234,7 @@ def add_run(repo: Path, s, arm: str, seed: int, n_robust: int, wall_s: float = 6
                           "threads": 2}}
     for name, content in files.items():
         (folder / name).write_text(json.dumps(content))
+    (folder / "params.yaml").write_text(yaml.safe_dump(s.arms[arm].expected_params(seed)))
     return folder
 
 
@@ -340,7 +341,7 @@ def test_report_without_runs_says_so_without_numbers(repo):
 
 def test_costs_measure_each_method_and_estimate_what_each_study_has_left(repo):
     report_repo(repo, {"a": [5, 6, 5]})  # arm a: 3 runs of 60 s at 2 threads, 2 CPU minutes each; arm b: none yet
-    # a second study: `same` has arm a's params (DVC's run cache restores it), `other` a method never measured
+    # a second study: `same` has arm a's params (shared, not rerun), `other` a method never measured
     write_study(repo, "t", {"claim": "x", "seeds": [0, 1], "baseline": "same",
                             "arms": {"same": {"role": "baseline", "overrides": {"temperature": 20}},
                                      "other": {"overrides": {"method": "natural"}}}})
@@ -350,13 +351,13 @@ def test_costs_measure_each_method_and_estimate_what_each_study_has_left(repo):
     assert f"| {method} | 3 (s/a) | 2 (2-2) | 0.0 | 2 | 20 | standard |" in text
     assert "| s | 3 of 6 | 6 | 3 | 0 | 6 | 0.1 | no |" in text  # arm b: its method's median run, 3 × 2 minutes
     assert "| t | 0 of 4 | 0 | 4 | 2 | 0 + runs of natural (none measured yet) | 0.0 or more | unknown |" in text
-    # study t's `same` seed 0 collected after s/a seed 0: a run-cache restore, left out of the method's row
-    add_run(repo, study.load_study("t", repo), "same", 0, 5, wall_s=3.0)
-    for study_name, arm, when in [("s", "a", "10:00"), ("t", "same", "11:00")]:
-        path = repo / "results" / "studies" / study_name / arm / "seed-0" / "run.json"
-        path.write_text(json.dumps({**json.loads(path.read_text()), "finished_at": f"2026-11-30T{when}:00+00:00"}))
+    assert "| of which shared from another study |" in text
+    # a run study t shared from s/a (run.json's shared_from) cost t nothing and is left out of the method's row
+    folder = add_run(repo, study.load_study("t", repo), "same", 0, 5, wall_s=0.0)
+    (folder / "run.json").write_text(json.dumps({**json.loads((folder / "run.json").read_text()),
+                                                  "shared_from": "results/studies/s/a/seed-0"}))
     text = study.costs(repo)
-    assert f"| {method} | 3 (s/a) | 2 (2-2) |" in text and "(1 such run(s))" in text
+    assert f"| {method} | 3 (s/a) | 2 (2-2) |" in text
     assert "| t | 1 of 4 | 0 | 3 | 1 |" in text
     shutil.rmtree(repo / "results" / "studies" / "t")
     run_json = repo / "results" / "studies" / "s" / "a" / "seed-0" / "run.json"
@@ -364,6 +365,34 @@ def test_costs_measure_each_method_and_estimate_what_each_study_has_left(repo):
     assert "| s | 3 of 6 | 364 | 3 | 0 | 6 | 3.1 | no |" in study.costs(repo)
     run_json.write_text(json.dumps({**json.loads(run_json.read_text()), "wall_s": 13 * 3600.0}))
     assert "| over the cost rule |" in text and "| 6.6 | yes |" in study.costs(repo)
+
+
+def test_a_pair_with_another_studys_params_is_shared_not_rerun(repo):
+    report_repo(repo, {"a": [5, 6, 5]})
+    write_study(repo, "t", {"claim": "x", "seeds": [0, 1], "baseline": "same",
+                            "arms": {"same": {"role": "baseline", "overrides": {"temperature": 20}},
+                                     "other": {"overrides": {"temperature": 100, "method": "natural"}}}})
+    t, head = study.load_study("t", repo), study.head_lock_deps(repo)
+    assert study.identical_run(t, t.arms["other"], 0, repo, head) is None
+    source = study.identical_run(t, t.arms["same"], 1, repo, head)
+    assert source.folder == repo / "results" / "studies" / "s" / "a" / "seed-1"
+    folder = study.share(t, t.arms["same"], 1, source, repo)
+    assert folder == repo / "results" / "studies" / "t" / "same" / "seed-1"
+    for name in ("metrics.json", "outcomes.json", "params.yaml", "timing.json", "headline.json"):
+        assert (folder / name).read_bytes() == (source.folder / name).read_bytes()
+    run_info = json.loads((folder / "run.json").read_text())
+    assert run_info["shared_from"] == "results/studies/s/a/seed-1" and run_info["wall_s"] == 0.0
+    assert (run_info["study"], run_info["arm"], run_info["seed"]) == ("t", "same", 1)
+    # a shared run is never the source of another share: with s/a seed 1 gone, a third study finds nothing
+    shutil.rmtree(repo / "results" / "studies" / "s" / "a" / "seed-1")
+    write_study(repo, "u", {"claim": "y", "seeds": [1], "baseline": "again",
+                            "arms": {"again": {"role": "baseline", "overrides": {"temperature": 20}},
+                                     "x": {"overrides": {"temperature": 50}}}})
+    u = study.load_study("u", repo)
+    assert study.identical_run(u, u.arms["again"], 1, repo, head) is None
+    text = study.section(t, repo, head)
+    assert "| same | baseline | 1 | " in text and "| 0 (1 shared) |" in text
+    assert "were copied from it, not rerun" in text and "study s " in text
 
 
 def test_pairing_refuses_other_attacked_points(repo):

@@ -650,7 +650,12 @@ def collect(study: Study, arm: Arm, seed: int, ref: dict, head: dict, root: Path
            if started else None,
            "wall_s": wall, "threads": threads,
            "wall_note": None if wall is not None else "not measured: the run started while study.py was not watching"}
-    folder = run_folder(root, study.name, arm.name, seed)
+    write_run_folder(run_folder(root, study.name, arm.name, seed), files, deps, run)
+    return True, ""
+
+
+def write_run_folder(folder: Path, files: dict[str, bytes], deps: dict, run: dict) -> None:
+    """A collected run's folder, whole or not at all: written beside it, then renamed into place (run.json last)."""
     tmp = folder.with_name(folder.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -667,7 +672,37 @@ def collect(study: Study, arm: Arm, seed: int, ref: dict, head: dict, root: Path
         shutil.rmtree(old)
     else:
         tmp.rename(folder)
-    return True, ""
+
+
+def identical_run(study: Study, arm: Arm, seed: int, root: Path, head: dict) -> Collected | None:
+    """A current (not stale) run collected by another study with exactly this pair's params: the same computation,
+    so it is shared instead of rerun. DVC's run cache cannot do this: the student and attack stages also write
+    git-tracked files (`cache: false`), and DVC keeps no run-cache entry for such stages."""
+    want = arm.expected_params(seed)
+    for name in all_studies(root):
+        if name == study.name:
+            continue
+        other = load_study(name, root, check_params=False)
+        for (arm_name, other_seed), c in load_collected(other, root, head).items():
+            if not c.stale and not c.run.get("shared_from") and other.arms[arm_name].expected_params(other_seed) == want:
+                return c
+    return None
+
+
+def share(study: Study, arm: Arm, seed: int, source: Collected, root: Path) -> Path:
+    """Copy another study's identical run into this pair's folder; run.json says where it came from, and that it
+    cost this study nothing."""
+    files = {name: (source.folder / name).read_bytes() for name in COLLECTED_FILES.values()}
+    origin = source.folder.relative_to(root).as_posix()
+    run = {**{k: source.run.get(k) for k in ("experiment", "experiment_rev", "baseline_commit", "finished_at",
+                                             "started_at")},
+           "study": study.name, "arm": arm.name, "seed": seed, "model": study.model,
+           "set_params": set_params_args(arm, seed, study.base_params), "wall_s": 0.0, "threads": 1,
+           "shared_from": origin,
+           "wall_note": f"not rerun: the same params and code as {origin} (its wall time is counted there)"}
+    folder = run_folder(root, study.name, arm.name, seed)
+    write_run_folder(folder, files, source.deps, run)
+    return folder
 
 
 def check_workspace(root: Path) -> None:
@@ -760,6 +795,13 @@ def cmd_run(study: Study, root: Path, jobs: int, threads: int, wait: bool, poll_
 
     skipped: dict[str, set] = {}
     try_collect_all(exp_refs(root))
+    for name in list(pending):
+        source = identical_run(study, *pending[name], root, head)
+        if source:
+            folder = share(study, *pending[name], source, root)
+            print(f"collected {name} from {source.folder.relative_to(root)} (the same params and code; not rerun) "
+                  f"-> {folder.relative_to(root)}", flush=True)
+            del pending[name]
     if not pending:
         print(f"{study.name}: all runs collected")
         return 0
@@ -1205,6 +1247,8 @@ def section(study: Study, root: Path, head: dict) -> str:
         total_cpu += sum(cpu)
         unmeasured += missing
         cpu_text = (f"{sum(cpu):.0f}" if cpu else "n/a") + (f" (+{missing} unmeasured)" if missing and cpu else "")
+        shared = sum(1 for c in r.runs if c.run.get("shared_from"))
+        cpu_text += f" ({shared} shared)" if shared else ""
         lines.append(f"| {name} | {r.arm.role} | {seeds_text} | {mean_cell(list(r.clean.values()), clip=(0, 1))} | "
                      f"{mean_cell(list(r.worst.values()), clip=(0, 1))} | " + "".join(e + " | " for e in extras) +
                      f"{', '.join(versions)} | {', '.join(map(str, n_points))} | {flagged} | {cpu_text} |")
@@ -1239,6 +1283,10 @@ def section(study: Study, root: Path, head: dict) -> str:
                       f"(Bonferroni), so that the chance that any of the {len(compared)} misses its true difference "
                       f"is at most 5%."]
     cost = f"Cost: {total_cpu:.0f} CPU minutes (wall time × threads per run)"
+    shared_from = sorted({c.run["shared_from"].split("/")[2] for c in collected.values() if c.run.get("shared_from")})
+    if shared_from:
+        cost += (f"; runs marked shared have the same params and code as a run of study {', '.join(shared_from)} "
+                 f"and were copied from it, not rerun (their minutes count there)")
     if unmeasured:
         cost += f", plus {unmeasured} run(s) whose wall time was not measured"
     lines += ["", cost + ".", SECTION_END.format(name=study.name)]
@@ -1290,30 +1338,25 @@ def costs(root: Path, workers: int = 2) -> str:
     head = head_lock_deps(root)
     studies = [load_study(n, root, check_params=False) for n in all_studies(root)]
     done = {s.name: load_collected(s, root, head) for s in studies}
-    # every collected run with its full params; a run whose params equal an earlier one's was restored by DVC's run
-    # cache: it counts in its study's minutes but says nothing of what its method costs
+    # every collected run with its full params; a run shared from another study (`shared_from`) cost nothing here
+    # and says nothing of what its method costs
     runs_params = [(s, arm, seed, c, s.arms[arm].expected_params(seed))
                    for s in studies for (arm, seed), c in done[s.name].items()]
-    restored = {id(c) for _, _, _, c, params in runs_params
-                if any(p == params and o.run.get("finished_at", "") < c.run.get("finished_at", "")
-                       for _, _, _, o, p in runs_params if o is not c)}
     by_method: dict[str, list[tuple[str, Collected, str]]] = {}  # method -> (study/arm, run, the study's model)
     for s, arm, _, c, params in runs_params:
-        if cpu_minutes(c) is not None and id(c) not in restored:
+        if cpu_minutes(c) is not None and not c.run.get("shared_from"):
             by_method.setdefault(str(params.get("method")), []).append((f"{s.name}/{arm}", c, s.model))
     lines = ["Measured: one run = one arm and seed of a study, on 1 thread while a second run used the other core "
              "(wall minutes = CPU minutes). Training = the roles' `train_seconds` in `timing.json`; the rest is data "
              "preparation, the surrogate, prediction and the attack suite with standard AutoAttack on every attacked "
-             "model. A stage that DVC's run cache restored costs its run nothing, so a shared teacher is paid once; "
-             f"a run whose params equal an earlier collected run's is left out of this table ({len(restored)} "
-             "such run(s)).",
+             "model. Runs shared from another study (the same params and code, not rerun) are left out.",
              "", "| method | runs measured (study/arm) | minutes per run: median (min-max) | training minutes: median "
              "| the rest: median | attacked points | AutoAttack |", "|---|---|---|---|---|---|---|"]
     method_median = {}
     for method, runs in sorted(by_method.items()):
         minutes = [cpu_minutes(c) for _, c, _ in runs]
         train = [(c.timing.get("train_seconds_total") or 0) / 60 for _, c, _ in runs]
-        rest = [m - t for m, t in zip(minutes, train) if m >= t]  # m < t: training restored from the run cache
+        rest = [m - t for m, t in zip(minutes, train) if m >= t]  # m < t: a teacher restored from the run cache
         method_median[method] = _median(minutes)
         arms = sorted({a for a, _, _ in runs})
         points = sorted({c.outcomes["attack_points"]["n"] for _, c, _ in runs})
@@ -1322,11 +1365,11 @@ def costs(root: Path, workers: int = 2) -> str:
                      f"{max(minutes):.0f}) | {_median(train):.1f} | " + (f"{_median(rest):.0f}" if rest else "n/a") +
                      f" | {', '.join(map(str, points))} | {', '.join(versions)} |")
     lines += ["", f"Each study: CPU minutes spent on its collected runs, and an estimate for the runs left: an arm's "
-              f"own mean when it has a measured run, else the median run of its method above; a run whose params "
-              f"equal a collected run of another study costs about nothing while this machine's DVC run cache holds "
-              f"that run. Hours assume {workers} queue workers at 1 thread; the cost rule: a study over about "
-              f"{COST_RULE_HOURS:.0f} h attacks 500 points instead of 1,000.", "",
-              "| study | runs collected | CPU minutes spent | runs left | of which restored by the run cache | "
+              f"own mean when it has a measured run, else the median run of its method above; a run with the same "
+              f"params as a run another study collected is shared, not rerun, and costs nothing. Hours assume "
+              f"{workers} queue workers at 1 thread; the cost rule: a study over about {COST_RULE_HOURS:.0f} h attacks "
+              f"500 points instead of 1,000.", "",
+              "| study | runs collected | CPU minutes spent | runs left | of which shared from another study | "
               "estimated CPU minutes left | estimated hours in all, on 2 cores | over the cost rule |",
               "|---|---|---|---|---|---|---|---|"]
     for s in studies:
@@ -1334,7 +1377,8 @@ def costs(root: Path, workers: int = 2) -> str:
         left = [(a, seed) for a, seed in s.pairs() if (a.name, seed) not in done[s.name]]
         cached, estimate, unknown = 0, 0.0, set()
         for arm, seed in left:
-            if any(p == arm.expected_params(seed) for *_, p in runs_params):
+            if any(p == arm.expected_params(seed) and s2 is not s and not c.run.get("shared_from")
+                   for s2, _, _, c, p in runs_params):
                 cached += 1
                 continue
             own = [cpu_minutes(c) for (a, _), c in done[s.name].items() if a == arm.name and cpu_minutes(c)]
