@@ -803,7 +803,7 @@ def cmd_run(study: Study, root: Path, jobs: int, threads: int, wait: bool, poll_
                   f"-> {folder.relative_to(root)}", flush=True)
             del pending[name]
     if not pending:
-        print(f"{study.name}: all runs collected")
+        print(f"{study.name}: every{part} (arm, seed) is collected")
         return 0
     snap = queue_snapshot(root)
     in_queue = {e["name"] for state_ in ("running", "queued") for e in snap[state_]}
