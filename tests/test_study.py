@@ -392,7 +392,7 @@ def test_a_pair_with_another_studys_params_is_shared_not_rerun(repo):
     assert study.identical_run(u, u.arms["again"], 1, repo, head) is None
     text = study.section(t, repo, head)
     assert "| same | baseline | 1 | " in text and "| 0 (1 shared) |" in text
-    assert "were copied from it, not rerun" in text and "study s " in text
+    assert "as a run of another study (s) and were copied from it, not rerun" in text
 
 
 def test_pairing_refuses_other_attacked_points(repo):

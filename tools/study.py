@@ -1285,8 +1285,8 @@ def section(study: Study, root: Path, head: dict) -> str:
     cost = f"Cost: {total_cpu:.0f} CPU minutes (wall time × threads per run)"
     shared_from = sorted({c.run["shared_from"].split("/")[2] for c in collected.values() if c.run.get("shared_from")})
     if shared_from:
-        cost += (f"; runs marked shared have the same params and code as a run of study {', '.join(shared_from)} "
-                 f"and were copied from it, not rerun (their minutes count there)")
+        cost += (f"; runs marked shared have the same params and code as a run of another study "
+                 f"({', '.join(shared_from)}) and were copied from it, not rerun (their minutes count there)")
     if unmeasured:
         cost += f", plus {unmeasured} run(s) whose wall time was not measured"
     lines += ["", cost + ".", SECTION_END.format(name=study.name)]
