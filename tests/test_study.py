@@ -150,6 +150,21 @@ def test_only_dvcs_parallel_worker_race_counts_as_transient(tmp_path):
     assert not study.transient_failure(tmp_path / "no-such.out")
 
 
+def test_a_run_no_study_py_watched_is_timed_from_its_executor_log(tmp_path):
+    run_dir = tmp_path / ".dvc" / "tmp" / "exps" / "run"
+    for rev, name in [("aaa", "s-a-s0"), ("bbb", "s-b-s0")]:
+        (run_dir / rev).mkdir(parents=True)
+        (run_dir / rev / f"{rev}.run").write_text(json.dumps({"name": name, "status": 2}))
+        (run_dir / rev / f"{rev}.out").write_text("Reproducing experiment\n")
+    born = float(subprocess.run(["stat", "-c", "%W", str(run_dir / "aaa" / "aaa.out")], capture_output=True,
+                                text=True).stdout or 0)
+    if born <= 0:
+        pytest.skip("this filesystem does not record file creation times")
+    assert study.log_started(tmp_path, "s-a-s0", born + 60) == born
+    assert study.log_started(tmp_path, "s-a-s0", born - 60) is None  # began after that run finished: another run
+    assert study.log_started(tmp_path, "s-c-s0", born + 60) is None
+
+
 def test_dvc_lock_held_by_another_command_is_waited_for(monkeypatch, tmp_path):
     """Two `study.py run` at once: one's `dvc status` meets the lock the other's `dvc exp run --queue` holds. It waits
     and retries; any other failure, or a lock held past the wait, is returned at once / at the deadline."""

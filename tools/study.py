@@ -641,6 +641,11 @@ def collect(study: Study, arm: Arm, seed: int, ref: dict, head: dict, root: Path
             and r["started"] <= ref["time"] + 1]
     info = max(seen, key=lambda r: r["started"]) if seen else {}
     started, threads = info.get("started"), info.get("threads")
+    note = None
+    if not started:  # no study.py saw it running (queued with --no-wait): its executor log says when it began
+        started = log_started(root, name, ref["time"])
+        threads = state.data.get("workers", {}).get("threads")
+        note = "start: the creation time of the executor's log (no study.py watched the run)" if started else None
     wall = round(ref["time"] - started, 1) if started and ref["time"] >= started else None
     run = {"study": study.name, "arm": arm.name, "seed": seed, "model": study.model,
            "experiment": name, "experiment_rev": ref["rev"], "baseline_commit": ref["baseline"],
@@ -649,9 +654,26 @@ def collect(study: Study, arm: Arm, seed: int, ref: dict, head: dict, root: Path
            "started_at": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(timespec="seconds")
            if started else None,
            "wall_s": wall, "threads": threads,
-           "wall_note": None if wall is not None else "not measured: the run started while study.py was not watching"}
+           "wall_note": note if wall is not None else "not measured: the run started while study.py was not watching"}
     write_run_folder(run_folder(root, study.name, arm.name, seed), files, deps, run)
     return True, ""
+
+
+def log_started(root: Path, name: str, finished: float) -> float | None:
+    """When the last executor of experiment ``name`` that began before ``finished`` began: the creation (birth) time
+    of its log, from statx (`stat -c %W`; 0 where the filesystem does not keep it). None when unknown."""
+    best = None
+    for info in (root / ".dvc" / "tmp" / "exps" / "run").glob("*/*.run"):
+        try:
+            if json.loads(info.read_text()).get("name") != name:
+                continue
+            born = float(subprocess.run(["stat", "-c", "%W", str(info.with_suffix(".out"))], capture_output=True,
+                                        text=True, check=True).stdout)
+        except (OSError, ValueError, subprocess.CalledProcessError):
+            continue
+        if 0 < born <= finished and (best is None or born > best):
+            best = born
+    return best
 
 
 def write_run_folder(folder: Path, files: dict[str, bytes], deps: dict, run: dict) -> None:
