@@ -265,3 +265,23 @@ def test_bench_table_shows_the_robust_training_epoch_in_wall_and_cpu_seconds():
     assert ("The PGD-AT epoch rows: 5 alternating runs per side, medians from `OMP_NUM_THREADS=1 python tools/bench.py "
             "--only robust_train` at commit `abc1234` on Another CPU with 1 thread(s); 1-minute load average 15.0 "
             "before, 16.0 after.") in text
+
+
+def test_bench_table_of_a_robust_train_only_run_on_a_gpu():
+    """`bench.py --only robust_train --json NEW.json` on a GPU: the file holds that part alone, and the device line
+    names the GPU (the host CPU is not what the timings measure)."""
+    robust = {"images": 12800, "batch_size": 128, "repeats": 3, "train_precision": "bf16-autocast",
+              "attack_precision": "bf16-autocast", "seconds": 1.44, "fp32_attack_seconds": 1.41, "speedup": 0.981,
+              "train_attack": {"eps": 0.1, "steps": 3, "step_size": 0.05, "mode": "eval", "bf16": True},
+              "command": "python tools/bench.py --only robust_train --json x.json", "commit": "abc1234",
+              "cpu": "Xeon", "threads": 16, "load_average_1min": [0.3, 2.1]}
+    result = {"device": "cuda", "gpu": "NVIDIA H200", "cpu": "Xeon", "cpu_flags": ["avx2"], "cores": 16,
+              "threads": 16, "torch": "2.x", "robust_train": robust, "robust_train_speedup": 0.981}
+    lines = report.bench_table(result).splitlines()
+    assert lines[0] == "Device: cuda (NVIDIA H200), host Xeon (flags: avx2), 16 cores, 16 threads, torch 2.x."
+    rows = [line for line in lines if line.startswith("| PGD-AT epoch")]
+    assert len(rows) == 1  # no CPU-seconds row: that run recorded none
+    assert rows[0].endswith("| inner attack bf16-autocast: 1.4 | inner attack fp32: 1.4 | 0.98 | ≥ 1.5 | **no** |")
+    assert lines[-1] == ("The PGD-AT epoch rows: 3 alternating runs per side, medians from `python tools/bench.py "
+                         "--only robust_train --json x.json` at commit `abc1234`; 1-minute load average 0.3 before, "
+                         "2.1 after.")

@@ -468,6 +468,8 @@ def main() -> None:
     log(f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     out: dict = {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
                  **cpu_description(), "cores": os.cpu_count()}
+    if device.type == "cuda":  # the accelerator decides these timings, not the host CPU
+        out["gpu"] = torch.cuda.get_device_name(device)
 
     if args.only == "robust_train":
         robust_train = bench_robust_train(params, raw, args.robust_train_images, args.repeats, device)

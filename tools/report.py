@@ -292,18 +292,30 @@ def _met(ok: bool) -> str:
     return "yes" if ok else "**no**"
 
 
+BENCH_HEADER = ["| measure | this engine | reference | speedup | target | met |", "|---|---:|---:|---:|---:|---|"]
+
+
+def bench_device_line(result: dict) -> str:
+    gpu = f" ({result['gpu']})" if result.get("gpu") else ""
+    cpu = f", {'host ' if gpu else ''}{result['cpu']}" if result.get("cpu") else ""
+    flags = f" (flags: {', '.join(result['cpu_flags']) or 'none of avx2, avx512'})" if "cpu_flags" in result else ""
+    return (f"Device: {result['device']}{gpu}{cpu}{flags}, {result['cores']} cores, {result['threads']} threads, "
+            f"torch {result['torch']}.")
+
+
 def bench_table(result: dict) -> str:
-    """tools/bench.py's last output line as Markdown: engine vs reference, then the pipeline's stages."""
+    """tools/bench.py's last output line as Markdown: engine vs reference, then the pipeline's stages. A file
+    written by ``--only robust_train`` alone (no other measurement in it) gives the PGD-AT epoch rows alone."""
+    if "train" not in result and result.get("robust_train"):
+        robust = result["robust_train"]
+        return "\n".join([bench_device_line(result), "", *BENCH_HEADER, *robust_train_rows(robust), "",
+                          robust_train_note(robust, result)])
     train, attack, ev = result["train"], result["attack"], result["eval"]
     refs = train["reference_images_per_s"]
     reference = "DataLoader: " + ", ".join(f"{v:.0f} ({k.split('_')[1]} workers)" for k, v in sorted(refs.items()))
-    cpu = f", {result['cpu']}" if result.get("cpu") else ""
-    flags = f" (flags: {', '.join(result['cpu_flags']) or 'none of avx2, avx512'})" if "cpu_flags" in result else ""
-    lines = [f"Device: {result['device']}{cpu}{flags}, {result['cores']} cores, {result['threads']} threads, "
-             f"torch {result['torch']}.",
+    lines = [bench_device_line(result),
              "",
-             "| measure | this engine | reference | speedup | target | met |",
-             "|---|---:|---:|---:|---:|---|",
+             *BENCH_HEADER,
              f"| training, images/s ({train['images']} images, batch {train['batch_size']}) | "
              f"{train['engine_images_per_s']:.0f}"
              + (f" ({train['engine_precision']})" if "engine_precision" in train else "")  # runs from its addition on
