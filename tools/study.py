@@ -1397,11 +1397,11 @@ def costs(root: Path, workers: int = 2) -> str:
     for s in studies:
         spent = sum(cpu_minutes(c) or 0 for c in done[s.name].values())
         left = [(a, seed) for a, seed in s.pairs() if (a.name, seed) not in done[s.name]]
-        cached, estimate, unknown = 0, 0.0, set()
+        shareable, estimate, unknown = 0, 0.0, set()
         for arm, seed in left:
             if any(p == arm.expected_params(seed) and s2 is not s and not c.run.get("shared_from")
                    for s2, _, _, c, p in runs_params):
-                cached += 1
+                shareable += 1  # `run` copies it from the other study: no CPU time
                 continue
             own = [cpu_minutes(c) for (a, _), c in done[s.name].items() if a == arm.name and cpu_minutes(c)]
             method = str(arm.params.get("method"))
@@ -1414,7 +1414,7 @@ def costs(root: Path, workers: int = 2) -> str:
         hours = (spent + estimate) / workers / 60
         unknown_text = f" + runs of {', '.join(sorted(unknown))} (none measured yet)" if unknown else ""
         over = "unknown" if unknown and hours <= COST_RULE_HOURS else ("yes" if hours > COST_RULE_HOURS else "no")
-        lines.append(f"| {s.name} | {len(done[s.name])} of {len(s.pairs())} | {spent:.0f} | {len(left)} | {cached} | "
+        lines.append(f"| {s.name} | {len(done[s.name])} of {len(s.pairs())} | {spent:.0f} | {len(left)} | {shareable} | "
                      f"{estimate:.0f}{unknown_text} | {hours:.1f}{' or more' if unknown else ''} | {over} |")
     return "\n".join(lines)
 
